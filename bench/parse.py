@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""CPU cost of the SIP message layer: parse, validate and serialise one message.
+
+For each sample message (a typical ~500-byte ``REGISTER`` as a softphone sends it, and a
+typical ``OPTIONS`` keep-alive/heartbeat) this measures, in microseconds per message:
+
+``parse+encode``
+    :func:`sipstack.parser.parse_message` then :meth:`Message.encode` -- the framing cost a
+    stateless element pays for every message it relays.
+``parse+validate+encode``
+    the same with :func:`sipstack.parser.validate_request` in between, which parses every
+    header an element relies on (Via, From, To, Call-ID, CSeq, Max-Forwards, Contact,
+    Expires, Request-URI) -- the cost a registrar pays before it looks at a ``REGISTER``.
+
+Method: :mod:`timeit` runs each case ``--number`` times per repeat (every iteration parses
+fresh bytes, so no parsed view is reused), ``--repeat`` times; the figure reported is the
+*minimum* over the repeats divided by ``--number`` (the least disturbed run -- on a busy
+machine the mean mostly measures the other processes). Units: µs of wall-clock time per
+message, one thread, pure Python (no C extensions).
+
+Command line::
+
+    python bench/parse.py [--number 20000] [--repeat 7] [--json]
+
+``--json`` prints one JSON object ``{"python": ..., "results": [{"message", "bytes",
+"case", "us"}, ...]}`` instead of the table. Only the standard library and :mod:`sipstack`
+are used. Tests never assert on these figures (DESIGN.md §9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sipstack.parser import parse_message, validate_request  # noqa: E402
+
+REGISTER = (
+    b"REGISTER sip:contoso.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/TLS 192.0.2.15:49152;branch=z9hG4bK776asdhds;rport\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"To: \"Alice\" <sip:alice@contoso.com>\r\n"
+    b"From: \"Alice\" <sip:alice@contoso.com>;tag=1928301774\r\n"
+    b"Call-ID: a84b4c76e66710@pc33.contoso.com\r\n"
+    b"CSeq: 314159 REGISTER\r\n"
+    b"Contact: <sip:alice@192.0.2.15:49152;transport=tls;ob>"
+    b";+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\";reg-id=1\r\n"
+    b"Expires: 3600\r\n"
+    b"Supported: path, outbound, gruu\r\n"
+    b"User-Agent: ExamplePhone/1.2.3 (Linux)\r\n"
+    b"Content-Length: 0\r\n"
+    b"\r\n"
+)
+
+OPTIONS = (
+    b"OPTIONS sip:fe2.pool.contoso.com:5061;transport=tls SIP/2.0\r\n"
+    b"Via: SIP/2.0/TLS fe1.pool.contoso.com:5061;branch=z9hG4bKhjhs8ass877\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"To: <sip:fe2.pool.contoso.com>\r\n"
+    b"From: <sip:fe1.pool.contoso.com>;tag=93810874\r\n"
+    b"Call-ID: 843817637684230@fe1.pool.contoso.com\r\n"
+    b"CSeq: 63104 OPTIONS\r\n"
+    b"Contact: <sip:fe1.pool.contoso.com:5061;transport=tls>\r\n"
+    b"Accept: application/sdp\r\n"
+    b"Content-Length: 0\r\n"
+    b"\r\n"
+)
+
+MESSAGES: dict[str, bytes] = {"REGISTER": REGISTER, "OPTIONS": OPTIONS}
+
+
+def _parse_encode(data: bytes) -> Callable[[], object]:
+    def run() -> object:
+        return parse_message(data).encode()
+
+    return run
+
+
+def _parse_validate_encode(data: bytes) -> Callable[[], object]:
+    def run() -> object:
+        msg = parse_message(data)
+        validate_request(msg)  # type: ignore[arg-type]
+        return msg.encode()
+
+    return run
+
+
+CASES: dict[str, Callable[[bytes], Callable[[], object]]] = {
+    "parse+encode": _parse_encode,
+    "parse+validate+encode": _parse_validate_encode,
+}
+
+
+def measure(data: bytes, case: str, number: int, repeat: int) -> float:
+    """Minimum over ``repeat`` runs of the time per call, in µs, of ``case`` on ``data``."""
+    func = CASES[case](data)
+    func()  # warm caches and fail early on a broken message
+    times = timeit.repeat(func, number=number, repeat=repeat)
+    return min(times) / number * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--number", type=int, default=20000, help="calls per repeat")
+    ap.add_argument("--repeat", type=int, default=7, help="repeats (the minimum is reported)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+
+    results = []
+    for name, data in MESSAGES.items():
+        for case in CASES:
+            us = measure(data, case, args.number, args.repeat)
+            results.append({"message": name, "bytes": len(data), "case": case, "us": round(us, 2)})
+
+    if args.json:
+        print(json.dumps({"python": platform.python_version(), "results": results}, indent=2))
+    else:
+        print(f"Python {platform.python_version()}, min of {args.repeat} x {args.number} calls")
+        print(f"{'message':<10} {'bytes':>5}  {'case':<22} {'µs/msg':>8}")
+        for r in results:
+            print(f"{r['message']:<10} {r['bytes']:>5}  {r['case']:<22} {r['us']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The REGISTER service: RFC 3261 §10.3 step by step, with RFC 5626 outbound, RFC 3327 Path
+and digest authentication (RFC 3261 §22, RFC 8760).
+
+Steps, as numbered in RFC 3261 §10.3:
+
+1. The Request-URI must name a domain this FE serves, else ``404`` (it would be proxied; a
+   registrar pool does not proxy REGISTER).
+2. ``Require`` is handled before (``registrar.checks``).
+3. Authentication: digest with ``qop=auth``, realm = the domain; no or unusable credentials
+   (unknown scheme, RFC 4475 §3.3.7) → ``401`` with a SHA-256 and an MD5 challenge; a stale
+   nonce → ``401`` with ``stale=true``. Unknown users and wrong passwords get the same answer.
+   Failures are counted per source address and per AOR (:mod:`registrar.ratelimit`); a blocked
+   key gets ``403`` for the cool-down.
+4. Authorisation: the credentials must be those of the To AOR's user (checked inside the
+   digest verification, so a mismatch looks like a wrong password).
+5. The To AOR must be a SIP URI in a served domain, else ``404``.
+6. Contact ``*``: only with ``Expires: 0`` and alone, else ``400``; removes every binding whose
+   Call-ID differs or whose CSeq is lower.
+7. Each Contact: expiry from its ``expires`` parameter, else ``Expires``, else the default;
+   below ``min_expires`` (and not 0) → ``423`` with ``Min-Expires``; capped at
+   ``max_expires``. A binding with the same key (instance-id + reg-id under outbound, else the
+   instance-id, else the contact URI) is refreshed or removed; with the same Call-ID its CSeq
+   must be higher, else ``400``. More than ``max_contacts`` bindings → ``403``.
+8. ``200 OK`` lists every current binding with its remaining ``expires``, and a ``Date``.
+
+A REGISTER without Contact is a query (RFC 3261 §10.2.3): it changes nothing and returns the
+current bindings.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sipstack.auth import (
+    AuthStatus,
+    DigestVerifier,
+    NonceCountTracker,
+    NonceManager,
+    parse_credentials,
+)
+from sipstack.errors import SipParseError
+from sipstack.headers import NameAddr
+from sipstack.message import Request, Response, make_response
+from sipstack.transport.flows import Flow
+from sipstack.uri import SipUri
+
+from .location import Binding, LocationService
+from .ratelimit import FailureLimiter
+from .users import UserDirectory
+
+__all__ = ["RegisterService", "RegistrarSettings"]
+
+log = logging.getLogger("registrar.register")
+
+
+@dataclass(slots=True)
+class RegistrarSettings:
+    """Registrar policy (seconds unless noted).
+
+    Attributes:
+        domains: SIP domains served (lower case).
+        min_expires: shortest non-zero expiry accepted (``423`` below it, RFC 3261 §10.3 step 7).
+        max_expires: longest expiry granted (longer requests are shortened).
+        default_expires: expiry when neither the Contact nor the request gives one.
+        max_contacts: bindings per AOR (``403`` beyond).
+        auth: ``"digest"`` or ``"off"``.
+        max_failures, failure_window, cooldown: authentication failure rate limit, per source
+            address (``max_failures * 5``) and per AOR (``max_failures``).
+    """
+
+    domains: list[str] = field(default_factory=list)
+    min_expires: int = 60
+    max_expires: int = 7200
+    default_expires: int = 3600
+    max_contacts: int = 10
+    auth: str = "digest"
+    max_failures: int = 10
+    failure_window: float = 60.0
+    cooldown: float = 60.0
+
+
+def _unquote(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+class RegisterService:
+    """Serves REGISTER for the FE's domains.
+
+    Args:
+        settings: :class:`RegistrarSettings`.
+        location: the bindings store.
+        users: the user directory (digest HA1s), read in memory.
+        nonce_secret: HMAC key for stateless nonces (keep it across restarts so outstanding
+            nonces stay valid).
+        clock: wall clock in seconds (``time.time``).
+        decide: optional pool hook ``(request, aor) -> Response | None`` run after
+            authentication of the To AOR's domain and before any change: a non-None response
+            (``301`` to the AOR's current registrar, ``503`` quorum guard) is returned as is
+            (DESIGN.md §4).
+    """
+
+    def __init__(
+        self,
+        settings: RegistrarSettings,
+        location: LocationService,
+        users: UserDirectory | None,
+        nonce_secret: bytes,
+        *,
+        clock: Callable[[], float] = time.time,
+        server_header: str = "registrar",
+    ) -> None:
+        self.settings = settings
+        self.location = location
+        self.users = users
+        self.clock = clock
+        self.server_header = server_header
+        self.domains = {d.lower() for d in settings.domains}
+        nonces = NonceManager(nonce_secret)
+        tracker = NonceCountTracker()
+        self._verifiers = {d: DigestVerifier(nonces, d, tracker=tracker) for d in self.domains}
+        self.aor_limiter = FailureLimiter(settings.max_failures, settings.failure_window, settings.cooldown)
+        self.src_limiter = FailureLimiter(
+            settings.max_failures * 5, settings.failure_window, settings.cooldown
+        )
+        self.decide: Callable[[Request, str], Response | None] | None = None
+        self.stats = {"registered": 0, "challenged": 0, "failed": 0, "blocked": 0}
+
+    # -------------------------------------------------------------------- entry point
+    def __call__(self, req: Request, flow: Flow) -> Response:
+        """Handle one REGISTER (a :data:`registrar.server.Service`)."""
+        ruri = req.request_uri
+        if not isinstance(ruri, SipUri) or ruri.host.lower() not in self.domains:
+            return make_response(req, 404, "Domain Not Served Here")
+        to = req.to
+        if not isinstance(to.uri, SipUri) or to.uri.host.lower() not in self.domains:
+            return make_response(req, 404, "Not Found")
+        aor = to.uri.aor()
+        if to.uri.scheme == "sips":
+            aor = "sip:" + aor[5:]
+        realm = to.uri.host.lower()
+        now = self.clock()
+        if self.settings.auth != "off":
+            denied = self._authenticate(req, flow, aor, realm, now)
+            if denied is not None:
+                return denied
+        if self.decide is not None:
+            redirect = self.decide(req, aor)
+            if redirect is not None:
+                return redirect
+        return self._update(req, flow, aor, now)
+
+    # ------------------------------------------------------------------ authentication
+    def _authenticate(
+        self, req: Request, flow: Flow, aor: str, realm: str, now: float
+    ) -> Response | None:
+        src_key = f"src:{flow.remote[0]}"
+        aor_key = f"aor:{aor}"
+        if self.src_limiter.blocked(src_key, now) or self.aor_limiter.blocked(aor_key, now):
+            self.stats["blocked"] += 1
+            return make_response(req, 403, "Forbidden")
+        verifier = self._verifiers[realm]
+        credentials = None
+        for value in req.get_all("authorization"):
+            try:
+                parsed = parse_credentials(value)
+            except SipParseError:
+                continue
+            if parsed.scheme.lower() == "digest" and parsed.realm == realm:
+                credentials = parsed
+                break
+        if credentials is None:
+            self.stats["challenged"] += 1
+            return self._challenge(req, verifier, now, stale=False)
+        record = self.users.get(aor) if self.users is not None else None
+
+        def ha1(username: str, algorithm: str) -> str | None:
+            if record is None or record.username != username:
+                return None
+            return record.ha1_sha256 if algorithm == "SHA-256" else record.ha1_md5
+
+        result = verifier.verify(credentials, req.method, ha1, now)
+        if result.status is AuthStatus.OK:
+            self.aor_limiter.success(aor_key)
+            return None
+        if result.status is AuthStatus.STALE:
+            return self._challenge(req, verifier, now, stale=True)
+        self.stats["failed"] += 1
+        blocked = self.aor_limiter.failure(aor_key, now)
+        blocked = self.src_limiter.failure(src_key, now) or blocked
+        log.warning(
+            "authentication failed for %s from %s %s:%s (%s)%s",
+            aor, flow.transport, *flow.remote, result.reason, "; now blocked" if blocked else "",
+        )
+        return self._challenge(req, verifier, now, stale=False)
+
+    def _challenge(self, req: Request, verifier: DigestVerifier, now: float, stale: bool) -> Response:
+        resp = make_response(req, 401, to_tag=_to_tag(req))
+        cl = resp.headers.pop()
+        for value in verifier.challenges(now, stale=stale):
+            resp.headers.append(("www-authenticate", "WWW-Authenticate", value))
+        resp.headers.append(cl)
+        return resp
+
+    # ---------------------------------------------------------------------- bindings
+    def _update(self, req: Request, flow: Flow, aor: str, now: float) -> Response:
+        settings = self.settings
+        contacts = req.contacts if "contact" in req else []
+        call_id = req.call_id
+        cseq = req.cseq.number
+        location = self.location
+        if contacts and any(c.wildcard for c in contacts):
+            if len(contacts) != 1 or req.expires != 0:
+                return make_response(req, 400, "Wildcard Needs Expires 0 Alone")
+            for binding in location.lookup(aor):
+                if binding.call_id == call_id and cseq <= binding.cseq:
+                    return make_response(req, 400, "CSeq Out Of Order")
+            location.remove_aor(aor, reason="unregistered")
+            log.info("%s: all bindings removed (wildcard)", aor)
+            return self._ok(req, aor, now, outbound=False)
+
+        supported = {t.lower() for t in req.tokens("supported")} if "supported" in req else set()
+        outbound = "outbound" in supported
+        header_expires = req.expires
+        changes: list[tuple[str, NameAddr, int]] = []
+        for contact in contacts:
+            value = contact.params.get("expires")
+            if value is not None:
+                expires = int(value)
+            elif header_expires is not None:
+                expires = header_expires
+            else:
+                expires = settings.default_expires
+            if 0 < expires < settings.min_expires:
+                resp = make_response(req, 423)
+                resp.headers.insert(-1, ("min-expires", "Min-Expires", str(settings.min_expires)))
+                return resp
+            expires = min(expires, settings.max_expires)
+            changes.append((self._key(contact, outbound), contact, expires))
+
+        # Validate the whole request before changing anything (RFC 3261 §10.3: all or nothing).
+        existing = {b.key: b for b in location.lookup(aor)}
+        for key, _, _ in changes:
+            old = existing.get(key)
+            if old is not None and old.call_id == call_id and cseq <= old.cseq:
+                return make_response(req, 400, "CSeq Out Of Order")
+        after = set(existing)
+        for key, _, expires in changes:
+            if expires == 0:
+                after.discard(key)
+            else:
+                after.add(key)
+        if len(after) > settings.max_contacts:
+            return make_response(req, 403, f"Too Many Contacts (limit {settings.max_contacts})")
+
+        if changes:
+            path = tuple(req.values("path")) if "path" in req else ()
+            user_agent = req.get("user-agent")
+            source = f"{flow.transport}:{flow.remote[0]}:{flow.remote[1]}"
+            flow_id = flow.id if flow.reliable else None
+            used_outbound = False
+            for key, contact, expires in changes:
+                old = existing.get(key)
+                if expires == 0:
+                    if old is not None:
+                        location.remove(aor, key, reason="unregistered")
+                    continue
+                instance = _unquote(contact.params.get("+sip.instance"))
+                reg_id = contact.params.get("reg-id")
+                reg_id_num = int(reg_id) if reg_id is not None and reg_id.isdigit() else None
+                if outbound and instance is not None and reg_id_num is not None:
+                    used_outbound = True
+                q_text = contact.params.get("q")
+                try:
+                    q = float(q_text) if q_text is not None else None
+                except ValueError:
+                    return make_response(req, 400, "Bad q Value")
+                binding = Binding(
+                    aor=aor,
+                    contact=str(contact.uri),
+                    expires_at=now + expires,
+                    call_id=call_id,
+                    cseq=cseq,
+                    q=q,
+                    instance_id=instance,
+                    reg_id=reg_id_num,
+                    flow_id=flow_id,
+                    source=source,
+                    path=path,
+                    user_agent=user_agent,
+                    registered_at=old.registered_at if old is not None else now,
+                )
+                if old is None:
+                    reason = "created"
+                elif old.expires_at > binding.expires_at:
+                    reason = "shortened"
+                else:
+                    reason = "refreshed" if old.contact == binding.contact else "replaced"
+                location.put(binding, reason=reason)
+            self.stats["registered"] += 1
+            return self._ok(req, aor, now, outbound=used_outbound, path=path if "path" in supported else ())
+        return self._ok(req, aor, now, outbound=False)
+
+    @staticmethod
+    def _key(contact: NameAddr, outbound: bool) -> str:
+        """The binding key the location service will compute for this contact."""
+        instance = _unquote(contact.params.get("+sip.instance"))
+        reg_id = contact.params.get("reg-id")
+        probe = Binding(
+            aor="",
+            contact=str(contact.uri),
+            expires_at=0.0,
+            call_id="",
+            cseq=0,
+            instance_id=instance,
+            reg_id=int(reg_id) if instance is not None and reg_id is not None and reg_id.isdigit() else None,
+        )
+        return probe.key
+
+    def _ok(
+        self, req: Request, aor: str, now: float, *, outbound: bool, path: tuple[str, ...] = ()
+    ) -> Response:
+        resp = make_response(req, 200, to_tag=_to_tag(req))
+        headers = resp.headers
+        cl = headers.pop()
+        for binding in self.location.lookup(aor):
+            params = f";expires={binding.remaining(now)}"
+            if binding.q is not None:
+                params += f";q={binding.q:g}"
+            if binding.instance_id is not None:
+                params += f';+sip.instance="{binding.instance_id}"'
+                if binding.reg_id is not None:
+                    params += f";reg-id={binding.reg_id}"
+            headers.append(("contact", "Contact", f"<{binding.contact}>{params}"))
+        for value in path:
+            headers.append(("path", "Path", value))
+        if outbound:
+            headers.append(("require", "Require", "outbound"))
+        headers.append(("supported", "Supported", "path, outbound"))
+        headers.append(("date", "Date", email.utils.formatdate(now, usegmt=True)))
+        headers.append(("server", "Server", self.server_header))
+        headers.append(cl)
+        return resp
+
+    def on_flow_closed(self, flow: Flow) -> None:
+        """RFC 5626 §7: bindings that depend on a failed flow (outbound, reg-id) are removed;
+        the client re-registers over a new flow."""
+        for binding in self.location.by_flow(flow.id):
+            if binding.reg_id is not None:
+                self.location.remove(binding.aor, binding.key, reason="deactivated")
+
+
+def _to_tag(req: Request) -> str:
+    branch = req.top_via.branch or req.call_id
+    return format(abs(hash((branch, req.cseq.number, "reg"))) & 0xFFFFFFFF, "08x")

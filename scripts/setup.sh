@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Prepare a development/test environment for the SIP registrar pool (idempotent, quick when done).
+#
+#  * .venv (python3 -m venv) with the project installed editable with its test extras;
+#    reinstalled only when pyproject.toml or the Python version changed (stamp in .venv).
+#  * Debian packages whose commands the tests use, installed only if a command is missing:
+#    sipp (sip-tester), sipsak, openssl, pgrep/pkill (procps).
+#
+# Works from any directory, as root or via sudo. Environment:
+#   PYTHON=python3            interpreter used to create the venv
+#   REGISTRAR_SKIP_APT=1      never touch Debian packages (only warn about missing commands)
+#   REGISTRAR_FORCE_PIP=1     reinstall the Python packages even if the stamp is current
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+STAMP="$VENV/.setup-stamp"
+PYTHON=${PYTHON:-python3}
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# Serialise concurrent runs (e.g. two test.sh started at once) on the same checkout.
+if command -v flock >/dev/null 2>&1; then
+    lock="${TMPDIR:-/tmp}/registrar-setup-$(id -u)-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1).lock"
+    if { exec 9>"$lock"; } 2>/dev/null; then
+        flock 9
+    fi
+fi
+
+# ---------------------------------------------------------------- Debian packages
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=(sudo)
+fi
+
+apt_lists_present() {
+    compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null
+}
+
+apt_install() {
+    # DPkg::Lock::Timeout waits for another apt/dpkg run instead of failing on the lock.
+    local opts=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=600)
+    if ! apt_lists_present; then
+        say "apt-get update"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 update
+        UPDATED=1
+    fi
+    say "apt-get install $*"
+    if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install "${opts[@]}" "$@"; then
+        [ "${UPDATED:-0}" = 1 ] && return 1
+        say "install failed; apt-get update and retry"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 update
+        UPDATED=1
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install "${opts[@]}" "$@"
+    fi
+}
+
+can_apt() {
+    command -v apt-get >/dev/null 2>&1 || return 1
+    [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1
+}
+
+# command:package pairs
+missing_pkgs=()
+for pair in sipp:sip-tester sipsak:sipsak openssl:openssl pgrep:procps pkill:procps; do
+    cmd=${pair%%:*} pkg=${pair#*:}
+    if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing_pkgs[*]-} " != *" $pkg "* ]]; then
+        missing_pkgs+=("$pkg")
+    fi
+done
+if [ ${#missing_pkgs[@]} -gt 0 ]; then
+    if [ "${REGISTRAR_SKIP_APT:-0}" = 1 ]; then
+        say "warning: missing Debian packages (REGISTRAR_SKIP_APT=1): ${missing_pkgs[*]}"
+    elif can_apt; then
+        apt_install "${missing_pkgs[@]}"
+    else
+        die "missing Debian packages ${missing_pkgs[*]}; need apt-get and root or sudo" \
+            "(or set REGISTRAR_SKIP_APT=1)"
+    fi
+fi
+
+# ---------------------------------------------------------------- Python venv
+if [ -L "$VENV/bin/python" ] && [ ! -e "$VENV/bin/python" ]; then
+    [ -O "$VENV" ] && [ ! -L "$VENV" ] || die "$VENV/bin/python is a dangling link; remove .venv"
+    say "stale .venv (its base interpreter is gone); recreating"
+    rm -rf "$VENV"
+elif [ -e "$VENV/bin/python" ] && ! "$VENV/bin/python" -c '' >/dev/null 2>&1; then
+    die "$VENV/bin/python does not run; fix or remove .venv and rerun"
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python >= 3.11"
+    say "creating .venv with $("$PYTHON" -V 2>&1)"
+    if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+        # Debian ships ensurepip separately (python3-venv / python3.X-venv).
+        rm -rf "$VENV"
+        can_apt || die "python3 -m venv failed; install python3-venv"
+        pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        apt_install python3-venv "python${pyver}-venv"
+        "$PYTHON" -m venv "$VENV"
+    fi
+fi
+
+want_stamp="$(cksum <pyproject.toml | cut -d' ' -f1-2) $("$VENV/bin/python" -c \
+    'import sys; print(sys.version.split()[0])')"
+have_stamp=$(cat "$STAMP" 2>/dev/null || true)
+if [ "${REGISTRAR_FORCE_PIP:-0}" = 1 ] || [ "$want_stamp" != "$have_stamp" ] \
+    || [ ! -x "$VENV/bin/pytest" ] || [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin/registrar" ]; then
+    say "upgrading pip"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    say "pip install -e '.[test]'"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+    printf '%s\n' "$want_stamp" >"$STAMP"
+else
+    say "python packages up to date"
+fi
+
+say "ready ($("$VENV/bin/python" -V 2>&1), $(command -v sipp >/dev/null 2>&1 && echo sipp || echo 'no sipp'))"

@@ -1,0 +1,898 @@
+"""Sans-I/O digest authentication for SIP (RFC 3261 §22, RFC 2617, RFC 7616, RFC 8760).
+
+This module does no I/O and reads no clock: every time is a ``float`` number of seconds passed
+in by the caller as ``now`` (any fixed epoch, e.g. ``time.time()``; all callers sharing a
+:class:`NonceManager` secret must use the same epoch).
+
+Contents:
+
+* Header parsing/formatting: :func:`parse_challenge` / :func:`format_challenge`
+  (``WWW-Authenticate`` / ``Proxy-Authenticate``) and :func:`parse_credentials` /
+  :func:`format_credentials` (``Authorization`` / ``Proxy-Authorization``). Parsers raise only
+  :class:`~sipstack.errors.SipParseError`; ``parse(format(x)) == x`` for every formattable ``x``.
+* Hashes: :func:`compute_ha1`, :func:`compute_response` (algorithms ``MD5``, ``SHA-256`` and
+  their ``-sess`` variants; ``qop`` ``auth``, ``auth-int`` or absent).
+* Stateless nonces: :class:`NonceManager` (timestamp + HMAC-SHA256, no per-nonce state).
+* Replay protection: :class:`NonceCountTracker` (bounded LRU of the highest ``nc`` per nonce).
+* Server side: :class:`DigestVerifier` (challenges and verification, constant work for unknown
+  users). Client side (test tools): :func:`answer_challenge`.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import math
+import os
+import re
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sipstack.errors import SipParseError
+
+__all__ = [
+    "AuthResult",
+    "AuthStatus",
+    "Credentials",
+    "DigestChallenge",
+    "DigestVerifier",
+    "NonceCountStatus",
+    "NonceCountTracker",
+    "NonceManager",
+    "NonceStatus",
+    "answer_challenge",
+    "compute_ha1",
+    "compute_response",
+    "format_challenge",
+    "format_credentials",
+    "parse_challenge",
+    "parse_credentials",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Algorithms and hashes (RFC 2617 §3.2.2, RFC 7616 §3.4, RFC 8760 §2)
+# ---------------------------------------------------------------------------------------------
+
+_HEX_LEN = {"MD5": 32, "SHA-256": 64}
+
+
+def _b(s: str) -> bytes:
+    """UTF-8 bytes of ``s``; lone surrogates (from ``surrogateescape`` decoding) never raise."""
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass")
+
+
+def _h(base: str, data: bytes) -> str:
+    """Lowercase hex digest of ``data`` with the base algorithm ``MD5`` or ``SHA-256``."""
+    if base == "MD5":
+        return hashlib.md5(data).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _split_algorithm(algorithm: str | None) -> tuple[str, bool]:
+    """Return ``(base, is_sess)`` for an algorithm name (``None`` means ``MD5``, RFC 2617 §3.2.1).
+
+    Raises:
+        ValueError: the algorithm is not MD5, SHA-256 or one of their ``-sess`` variants.
+    """
+    name = "MD5" if algorithm is None else algorithm.upper()
+    sess = name.endswith("-SESS")
+    base = name[:-5] if sess else name
+    if base not in _HEX_LEN:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    return base, sess
+
+
+def compute_ha1(username: str, realm: str, password: str, algorithm: str = "SHA-256") -> str:
+    """Return ``H(username ":" realm ":" password)`` as lowercase hex (RFC 7616 §3.4.2).
+
+    This is the value a credential store keeps per user and algorithm. For ``-sess`` algorithms
+    it is the *base* HA1; the session key is derived in :func:`compute_response`. Strings are
+    hashed as UTF-8.
+
+    Args:
+        username, realm, password: ``str`` values, unquoted.
+        algorithm: ``"MD5"``, ``"SHA-256"`` or a ``-sess`` variant (case-insensitive).
+
+    Raises:
+        ValueError: unsupported algorithm.
+    """
+    base, _ = _split_algorithm(algorithm)
+    return _h(base, _b(f"{username}:{realm}:{password}"))
+
+
+def compute_response(
+    ha1: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    nc: str | int | None,
+    cnonce: str | None,
+    qop: str | None,
+    algorithm: str | None,
+    body: bytes = b"",
+) -> str:
+    """Return the request-digest (``response`` parameter) as lowercase hex (RFC 2617 §3.2.2.1,
+    RFC 7616 §3.4.1, RFC 3261 §22.4).
+
+    Args:
+        ha1: base HA1 hex as from :func:`compute_ha1`; for ``-sess`` algorithms the session
+            HA1 ``H(ha1:nonce:cnonce)`` is derived here.
+        method: request method (``"REGISTER"``); uri: the ``uri`` (digest-uri) parameter.
+        nonce, cnonce: as sent; nc: nonce-count, 8 hex digits or an ``int`` (formatted
+            ``%08x``). ``nc``/``cnonce`` are ignored when ``qop`` is ``None``.
+        qop: ``"auth"``, ``"auth-int"`` (hashes ``body``) or ``None`` (RFC 2069 form).
+        algorithm: ``"MD5"``, ``"SHA-256"``, a ``-sess`` variant, or ``None`` (= MD5).
+        body: message body bytes, used only for ``qop=auth-int``.
+
+    Raises:
+        ValueError: unsupported algorithm or qop, or ``-sess``/qop without a ``cnonce``/``nc``.
+    """
+    base, sess = _split_algorithm(algorithm)
+    if sess:
+        if not cnonce:
+            raise ValueError("-sess algorithms need a cnonce")
+        ha1 = _h(base, _b(f"{ha1}:{nonce}:{cnonce}"))
+    qop_l = None if qop is None else qop.lower()
+    if qop_l == "auth-int":
+        ha2 = _h(base, _b(f"{method}:{uri}:") + _h(base, body).encode())
+    elif qop_l in (None, "auth"):
+        ha2 = _h(base, _b(f"{method}:{uri}"))
+    else:
+        raise ValueError(f"unsupported qop {qop!r}")
+    if qop is None:
+        return _h(base, _b(f"{ha1}:{nonce}:{ha2}"))
+    if nc is None or cnonce is None:
+        raise ValueError("qop needs nc and cnonce")
+    nc_s = f"{nc:08x}" if isinstance(nc, int) else nc
+    return _h(base, _b(f"{ha1}:{nonce}:{nc_s}:{cnonce}:{qop}:{ha2}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Header grammar (RFC 3261 §25.1 / §20.7 / §20.44, RFC 7235 §2.1)
+# ---------------------------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN68_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# qdtext (LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII) or quoted-pair (RFC 3261 §25.1).
+_QUOTED_RE = re.compile(
+    r'"((?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*)"'
+)
+_UNESCAPE_RE = re.compile(r"\\(.)", re.S)
+_ESCAPE_RE = re.compile(r'["\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
+_FOLD_RE = re.compile(r"\r?\n[ \t]")
+_WS = " \t"
+
+
+def _skip_ws(s: str, pos: int) -> int:
+    n = len(s)
+    while pos < n and s[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def _parse_params(s: str) -> list[tuple[str, str]]:
+    """Parse ``auth-param *(COMMA auth-param)`` covering all of ``s`` (no surrounding LWS)."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    pos, n = 0, len(s)
+    while True:
+        m = _TOKEN_RE.match(s, pos)
+        if m is None:
+            raise SipParseError("auth header: expected parameter name")
+        name = m.group().lower()
+        pos = _skip_ws(s, m.end())
+        if pos >= n or s[pos] != "=":
+            raise SipParseError(f"auth header: expected '=' after {name!r}")
+        pos = _skip_ws(s, pos + 1)
+        if pos < n and s[pos] == '"':
+            q = _QUOTED_RE.match(s, pos)
+            if q is None:
+                raise SipParseError(f"auth header: bad quoted-string for {name!r}")
+            val = q.group(1)
+            if "\\" in val:
+                val = _UNESCAPE_RE.sub(lambda e: e.group(1), val)
+            pos = q.end()
+        else:
+            t = _TOKEN_RE.match(s, pos)
+            if t is None:
+                raise SipParseError(f"auth header: expected value for {name!r}")
+            val = t.group()
+            pos = t.end()
+        if name in seen:
+            raise SipParseError(f"auth header: duplicate parameter {name!r}")
+        seen.add(name)
+        out.append((name, val))
+        pos = _skip_ws(s, pos)
+        if pos == n:
+            return out
+        if s[pos] != ",":
+            raise SipParseError("auth header: expected ',' between parameters")
+        pos = _skip_ws(s, pos + 1)
+
+
+def _parse_auth(value: object) -> tuple[str, list[tuple[str, str]], str | None]:
+    """Split a challenge/credentials value into ``(scheme, params, token68)``."""
+    if not isinstance(value, str):
+        raise SipParseError("auth header: value is not a string")
+    if "\r" in value or "\n" in value:
+        value = _FOLD_RE.sub(" ", value)
+        if "\r" in value or "\n" in value:
+            raise SipParseError("auth header: bare CR or LF")
+    s = value.strip(_WS)
+    m = _TOKEN_RE.match(s)
+    if m is None:
+        raise SipParseError("auth header: missing auth-scheme")
+    scheme = m.group()
+    if m.end() == len(s):
+        return scheme, [], None
+    if s[m.end()] not in _WS:
+        raise SipParseError("auth header: expected LWS after auth-scheme")
+    rest = s[m.end() :].lstrip(_WS)
+    try:
+        return scheme, _parse_params(rest), None
+    except SipParseError:
+        if scheme.lower() != "digest" and _TOKEN68_RE.fullmatch(rest):
+            return scheme, [], rest  # e.g. "Basic QWxh...==" (RFC 7235 §2.1)
+        raise
+
+
+def _quote(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("CR/LF cannot be represented in a quoted-string")
+    return '"' + _ESCAPE_RE.sub(lambda e: "\\" + e.group(), value) + '"'
+
+
+def _token_or_quote(value: str) -> str:
+    return value if _TOKEN_RE.fullmatch(value) else _quote(value)
+
+
+def _format(
+    scheme: str,
+    known: list[tuple[str, str | None, bool]],
+    extra: tuple[tuple[str, str], ...],
+    token68: str | None,
+) -> str:
+    """Format ``scheme`` plus params; ``known`` holds ``(name, value or None, always_quote)``."""
+    if not _TOKEN_RE.fullmatch(scheme):
+        raise ValueError(f"auth-scheme {scheme!r} is not a token")
+    parts = [
+        f"{name}={_quote(v) if quoted else _token_or_quote(v)}"
+        for name, v, quoted in known
+        if v is not None
+    ]
+    names = {name for name, _, _ in known}
+    for name, v in extra:
+        if not _TOKEN_RE.fullmatch(name) or name != name.lower() or name in names:
+            raise ValueError(f"bad or duplicate extra parameter name {name!r}")
+        names.add(name)
+        parts.append(f"{name}={_token_or_quote(v)}")
+    if token68 is not None:
+        if parts or not _TOKEN68_RE.fullmatch(token68) or scheme.lower() == "digest":
+            raise ValueError("token68 needs a non-Digest scheme and no parameters")
+        return f"{scheme} {token68}"
+    return f"{scheme} {', '.join(parts)}" if parts else scheme
+
+
+_CHALLENGE_NAMES = ("realm", "domain", "nonce", "opaque", "stale", "algorithm", "qop")
+_CREDENTIAL_NAMES = (
+    "username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "opaque", "qop", "nc",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DigestChallenge:
+    """One ``WWW-Authenticate`` / ``Proxy-Authenticate`` challenge (RFC 3261 §20.44, §25.1;
+    RFC 7616 §3.3).
+
+    Attributes (``None`` = parameter absent; strings are unquoted/unescaped):
+        realm, nonce, opaque, domain: ``str | None``.
+        algorithm: ``str | None`` as sent (``"SHA-256"``, ``"MD5"``, ...).
+        qop: ``tuple[str, ...] | None``, the qop-options list (``("auth",)``).
+        stale: ``bool`` (``stale=true``, case-insensitive; anything else is ``False``).
+        scheme: the auth-scheme token; not ``"Digest"`` for other schemes, whose params are
+            then in the known fields / ``params`` or, for token68 forms, in ``token68``.
+        params: other auth-params as ``(lowercase name, value)`` pairs, in order.
+        token68: ``str | None``, the token68 form of non-Digest schemes (RFC 7235 §2.1).
+    """
+
+    realm: str | None = None
+    nonce: str | None = None
+    algorithm: str | None = None
+    qop: tuple[str, ...] | None = None
+    opaque: str | None = None
+    stale: bool = False
+    domain: str | None = None
+    scheme: str = "Digest"
+    params: tuple[tuple[str, str], ...] = ()
+    token68: str | None = None
+
+    def to_header(self) -> str:
+        """Header value; see :func:`format_challenge`."""
+        return format_challenge(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """One ``Authorization`` / ``Proxy-Authorization`` value (RFC 3261 §20.7, §22.4, §25.1;
+    RFC 7616 §3.4).
+
+    Attributes (``None`` = parameter absent; strings are unquoted/unescaped and kept as sent):
+        username, realm, nonce, uri, response, algorithm, cnonce, opaque, qop, nc: ``str | None``
+            (``nc`` is the 8-hex-digit nonce-count text; ``qop`` the single message-qop).
+        scheme: the auth-scheme token (an unknown scheme still parses, RFC 4475 §3.3.7).
+        params: other auth-params as ``(lowercase name, value)`` pairs, in order.
+        token68: ``str | None``, the token68 form of non-Digest schemes (RFC 7235 §2.1).
+    """
+
+    username: str | None = None
+    realm: str | None = None
+    nonce: str | None = None
+    uri: str | None = None
+    response: str | None = None
+    algorithm: str | None = None
+    cnonce: str | None = None
+    opaque: str | None = None
+    qop: str | None = None
+    nc: str | None = None
+    scheme: str = "Digest"
+    params: tuple[tuple[str, str], ...] = ()
+    token68: str | None = None
+
+    def to_header(self) -> str:
+        """Header value; see :func:`format_credentials`."""
+        return format_credentials(self)
+
+
+def parse_challenge(value: str) -> DigestChallenge:
+    """Parse a ``WWW-Authenticate`` / ``Proxy-Authenticate`` header value (one challenge).
+
+    Accepts LWS (including folded CRLF+WSP) around ``=`` and ``,``, token or quoted-string
+    values with backslash escapes, and case-insensitive parameter names. Unknown schemes
+    parse too (``scheme`` tells; RFC 7235 §2.1 token68 allowed for them).
+
+    Raises:
+        SipParseError: (status 400) the value violates the grammar (RFC 3261 §25.1) or repeats
+            a parameter; never any other exception.
+    """
+    scheme, pairs, token68 = _parse_auth(value)
+    known: dict[str, str] = {}
+    extra: list[tuple[str, str]] = []
+    for name, v in pairs:
+        if name in _CHALLENGE_NAMES:
+            known[name] = v
+        else:
+            extra.append((name, v))
+    qop_raw = known.get("qop")
+    qop = None
+    if qop_raw is not None:
+        qop = tuple(q for q in (p.strip(_WS) for p in qop_raw.split(",")) if q)
+    return DigestChallenge(
+        realm=known.get("realm"),
+        nonce=known.get("nonce"),
+        algorithm=known.get("algorithm"),
+        qop=qop,
+        opaque=known.get("opaque"),
+        stale=known.get("stale", "").lower() == "true",
+        domain=known.get("domain"),
+        scheme=scheme,
+        params=tuple(extra),
+        token68=token68,
+    )
+
+
+def format_challenge(challenge: DigestChallenge) -> str:
+    """Format a challenge as a header value (without the header name); RFC 3261 §25.1,
+    RFC 7616 §3.3. ``realm``, ``domain``, ``nonce``, ``opaque`` and ``qop`` are quoted;
+    ``stale=true`` appears only when ``stale`` is ``True``.
+
+    Raises:
+        ValueError: a value holds CR/LF, a qop option or the scheme is not a token, extra
+            parameter names are not lowercase tokens or collide, or token68 is misused.
+    """
+    c = challenge
+    qop = None
+    if c.qop is not None:
+        if not all(_TOKEN_RE.fullmatch(q) for q in c.qop):
+            raise ValueError("qop options must be tokens")
+        qop = ",".join(c.qop)
+    known: list[tuple[str, str | None, bool]] = [
+        ("realm", c.realm, True),
+        ("domain", c.domain, True),
+        ("nonce", c.nonce, True),
+        ("opaque", c.opaque, True),
+        ("stale", "true" if c.stale else None, False),
+        ("algorithm", c.algorithm, False),
+        ("qop", qop, True),
+    ]
+    return _format(c.scheme, known, c.params, c.token68)
+
+
+def parse_credentials(value: str) -> Credentials:
+    """Parse an ``Authorization`` / ``Proxy-Authorization`` header value.
+
+    Same grammar handling as :func:`parse_challenge`. Parameter *values* are not validated
+    here (e.g. a bad ``nc``); :meth:`DigestVerifier.verify` rejects those.
+
+    Raises:
+        SipParseError: (status 400) the value violates the grammar (RFC 3261 §25.1) or repeats
+            a parameter; never any other exception.
+    """
+    scheme, pairs, token68 = _parse_auth(value)
+    known: dict[str, str] = {}
+    extra: list[tuple[str, str]] = []
+    for name, v in pairs:
+        if name in _CREDENTIAL_NAMES:
+            known[name] = v
+        else:
+            extra.append((name, v))
+    return Credentials(
+        **{name: known.get(name) for name in _CREDENTIAL_NAMES},
+        scheme=scheme,
+        params=tuple(extra),
+        token68=token68,
+    )
+
+
+def format_credentials(credentials: Credentials) -> str:
+    """Format credentials as a header value (RFC 3261 §25.1, RFC 7616 §3.4): ``algorithm``,
+    ``qop`` and ``nc`` as tokens (quoted only if they are not tokens), the rest quoted.
+
+    Raises:
+        ValueError: as for :func:`format_challenge`.
+    """
+    c = credentials
+    known: list[tuple[str, str | None, bool]] = [
+        (name, getattr(c, name), name not in ("algorithm", "qop", "nc"))
+        for name in _CREDENTIAL_NAMES
+    ]
+    return _format(c.scheme, known, c.params, c.token68)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stateless nonces
+# ---------------------------------------------------------------------------------------------
+
+
+class NonceStatus(enum.Enum):
+    """Result of :meth:`NonceManager.check`."""
+
+    VALID = "valid"
+    STALE = "stale"  # authentic (our MAC) but expired: re-challenge with stale=true
+    INVALID = "invalid"  # forged, garbled, or for another realm/source
+
+
+_NONCE_VERSION = 1
+_NONCE_STRUCT = struct.Struct(">Bq8s")  # version, issue time in ms, salt
+_NONCE_MAC_LEN = 16
+_NONCE_RAW_LEN = _NONCE_STRUCT.size + _NONCE_MAC_LEN  # 33 bytes -> 44 base64url chars
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{44}")
+
+
+class NonceManager:
+    """Makes and checks stateless nonces (RFC 7616 §3.3 / RFC 2617 §3.2.1 suggestion).
+
+    A nonce is ``base64url(version(1) | issue_time_ms(8) | salt(8) | mac(16))`` (44 chars),
+    where ``mac = HMAC-SHA256(secret, "sipstack-nonce" | version | time | salt | realm |
+    source)`` truncated to 128 bits. No per-nonce state is kept; front ends sharing ``secret``
+    (and a clock epoch) accept each other's nonces.
+
+    Args:
+        secret: HMAC key, ``bytes`` of at least 16 bytes.
+        lifetime: seconds a nonce stays VALID (default 300 s); later it is STALE.
+        max_skew: seconds a nonce may lie in the future (clock skew between front ends).
+        random_bytes: salt source ``(n) -> bytes``; default :func:`os.urandom`.
+
+    Raises:
+        ValueError: secret shorter than 16 bytes, or non-positive/non-finite lifetime.
+    """
+
+    __slots__ = ("_random", "_secret", "lifetime", "max_skew")
+
+    def __init__(
+        self,
+        secret: bytes,
+        lifetime: float = 300.0,
+        *,
+        max_skew: float = 5.0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if len(secret) < 16:
+            raise ValueError("nonce secret must be at least 16 bytes")
+        if not (math.isfinite(lifetime) and lifetime > 0):
+            raise ValueError("lifetime must be a positive number of seconds")
+        self._secret = bytes(secret)
+        self.lifetime = float(lifetime)
+        self.max_skew = float(max_skew)
+        self._random = random_bytes
+
+    def _mac(self, head: bytes, realm: str, source: str) -> bytes:
+        r, s = _b(realm), _b(source)
+        msg = b"".join(
+            (b"sipstack-nonce", head, len(r).to_bytes(4, "big"), r, len(s).to_bytes(4, "big"), s)
+        )
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()[:_NONCE_MAC_LEN]
+
+    def make(self, now: float, realm: str, source: str = "") -> str:
+        """Return a fresh nonce for ``realm`` issued at ``now`` (seconds).
+
+        ``source`` optionally binds the nonce to a string (e.g. a connection id); the same
+        string must then be given to :meth:`check`.
+
+        Raises:
+            ValueError: ``now`` is not finite or ``abs(now) >= 1e15``.
+        """
+        if not (math.isfinite(now) and abs(now) < 1e15):
+            raise ValueError("now must be a finite number of seconds below 1e15")
+        head = _NONCE_STRUCT.pack(_NONCE_VERSION, round(now * 1000), self._random(8))
+        raw = head + self._mac(head, realm, source)
+        return base64.urlsafe_b64encode(raw).decode("ascii")
+
+    @staticmethod
+    def _decode(nonce: str) -> bytes | None:
+        if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+            return None
+        raw = base64.urlsafe_b64decode(nonce)
+        if len(raw) != _NONCE_RAW_LEN or raw[0] != _NONCE_VERSION:
+            return None
+        return raw
+
+    def issued_at(self, nonce: str) -> float | None:
+        """Issue time (seconds) embedded in ``nonce``, or ``None`` if it cannot be decoded.
+
+        Not authenticated: only meaningful once :meth:`check` did not return INVALID.
+        """
+        raw = self._decode(nonce)
+        if raw is None:
+            return None
+        return _NONCE_STRUCT.unpack_from(raw)[1] / 1000.0
+
+    def check(self, nonce: str, now: float, realm: str, source: str = "") -> NonceStatus:
+        """Check ``nonce`` at time ``now`` (seconds) for ``realm`` (and ``source``).
+
+        Returns:
+            VALID if authentic and ``-max_skew <= now - issued <= lifetime``; STALE if
+            authentic but outside that window; INVALID if garbled or the MAC does not match.
+            Never raises.
+        """
+        raw = self._decode(nonce)
+        if raw is None:
+            return NonceStatus.INVALID
+        head = raw[: _NONCE_STRUCT.size]
+        if not hmac.compare_digest(raw[_NONCE_STRUCT.size :], self._mac(head, realm, source)):
+            return NonceStatus.INVALID
+        age = now - _NONCE_STRUCT.unpack(head)[1] / 1000.0
+        if age > self.lifetime or age < -self.max_skew or math.isnan(age):
+            return NonceStatus.STALE
+        return NonceStatus.VALID
+
+
+# ---------------------------------------------------------------------------------------------
+# Nonce-count replay protection
+# ---------------------------------------------------------------------------------------------
+
+
+class NonceCountStatus(enum.Enum):
+    """Result of :meth:`NonceCountTracker.record`."""
+
+    FRESH = "fresh"  # nc is above every nc seen for this nonce: accept (now recorded)
+    REPLAY = "replay"  # nc <= the highest nc seen for this nonce
+    FORGOTTEN = "forgotten"  # nonce not tracked but possibly evicted: treat as stale
+
+
+class NonceCountTracker:
+    """Bounded in-memory record of the highest nonce-count (``nc``) seen per nonce
+    (RFC 7616 §3.3 / RFC 2617 §3.2.2 replay protection).
+
+    Memory bound: at most ``max_entries`` nonces are kept in an LRU ``OrderedDict``; with the
+    44-character nonces of :class:`NonceManager` one entry costs about 300 bytes on CPython
+    3.11+ (key string, value tuple, dict and linked-list slots), so the default 100 000
+    entries stay below ~30 MiB. When full, the least recently used nonce is evicted and the
+    highest issue time among evicted nonces is remembered as a watermark; an untracked nonce
+    issued at or before that watermark is answered FORGOTTEN (the verifier re-challenges with
+    ``stale=true``), so eviction never re-opens a replay window. Only record nonce-counts of
+    requests whose digest already verified, so unauthenticated traffic cannot fill the table.
+
+    The tracker is per process: front ends sharing a nonce secret do not share it.
+
+    Args:
+        max_entries: ``int >= 1``, the bound (default 100 000).
+
+    Raises:
+        ValueError: ``max_entries < 1``.
+    """
+
+    __slots__ = ("_entries", "_watermark", "max_entries")
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._watermark = -math.inf
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def record(self, nonce: str, nc: int, issued_at: float) -> NonceCountStatus:
+        """Check ``nc`` (``int``) for ``nonce`` issued at ``issued_at`` (seconds); record it
+        if FRESH. O(1)."""
+        entries = self._entries
+        entry = entries.get(nonce)
+        if entry is None:
+            if issued_at <= self._watermark:
+                return NonceCountStatus.FORGOTTEN
+            entries[nonce] = (nc, issued_at)
+            if len(entries) > self.max_entries:
+                _, (_, old_issued) = entries.popitem(last=False)
+                self._watermark = max(self._watermark, old_issued)
+            return NonceCountStatus.FRESH
+        entries.move_to_end(nonce)
+        if nc <= entry[0]:
+            return NonceCountStatus.REPLAY
+        entries[nonce] = (nc, entry[1])
+        return NonceCountStatus.FRESH
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-side verifier
+# ---------------------------------------------------------------------------------------------
+
+
+class AuthStatus(enum.Enum):
+    """Outcome class of :meth:`DigestVerifier.verify`."""
+
+    OK = "ok"  # authenticated
+    STALE = "stale"  # right password, expired/forgotten nonce: re-challenge with stale=true
+    FAILED = "failed"  # anything else: challenge again (and count for rate limiting)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """Result of :meth:`DigestVerifier.verify`.
+
+    Attributes:
+        status: :class:`AuthStatus`.
+        username: ``str | None``: the authenticated user for OK; otherwise the *claimed*
+            username (useful for per-AOR rate limiting, never proof of identity).
+        reason: short text for logs. Unknown user and wrong password share one reason
+            (``"invalid credentials"``) so nothing downstream can tell them apart.
+    """
+
+    status: AuthStatus
+    username: str | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """``True`` iff ``status`` is OK."""
+        return self.status is AuthStatus.OK
+
+
+_NC_RE = re.compile(r"[0-9a-fA-F]{8}")
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")
+
+
+class DigestVerifier:
+    """Digest challenges and verification for one realm (RFC 3261 §22.4, RFC 7616 §3.3-3.5,
+    RFC 8760 §2).
+
+    Args:
+        nonces: the :class:`NonceManager` (shared secret, lifetime).
+        realm: ``str``, the realm challenged and required in credentials.
+        tracker: :class:`NonceCountTracker` for replay protection (default: a new one with
+            100 000 entries).
+        algorithms: accepted algorithms (default ``("SHA-256", "MD5")``); the ``-sess``
+            variant of an accepted algorithm is accepted too.
+        allow_no_qop: accept RFC 2069 credentials without ``qop`` (default ``True``); each
+            such nonce is then usable once (reuse gives STALE, prompting a fresh nonce).
+
+    Raises:
+        ValueError: an unsupported algorithm in ``algorithms``.
+    """
+
+    __slots__ = ("_accepted", "_dummy", "allow_no_qop", "nonces", "realm", "tracker")
+
+    def __init__(
+        self,
+        nonces: NonceManager,
+        realm: str,
+        *,
+        tracker: NonceCountTracker | None = None,
+        algorithms: Iterable[str] = ("SHA-256", "MD5"),
+        allow_no_qop: bool = True,
+    ) -> None:
+        self.nonces = nonces
+        self.realm = realm
+        self.tracker = tracker if tracker is not None else NonceCountTracker()
+        self._accepted = frozenset(_split_algorithm(a)[0] for a in algorithms)
+        self.allow_no_qop = allow_no_qop
+        seed = os.urandom(16)
+        self._dummy = {base: _h(base, seed) for base in _HEX_LEN}
+
+    def challenge(
+        self, now: float, stale: bool = False, algorithm: str = "SHA-256", source: str = ""
+    ) -> str:
+        """Return a ``WWW-Authenticate``/``Proxy-Authenticate`` value with a fresh nonce issued
+        at ``now`` (seconds), ``qop="auth"`` and ``algorithm``; ``stale=true`` if ``stale``.
+
+        Raises:
+            ValueError: unsupported ``algorithm`` or non-finite ``now``.
+        """
+        _split_algorithm(algorithm)
+        nonce = self.nonces.make(now, self.realm, source)
+        return self._challenge(nonce, stale, algorithm)
+
+    def _challenge(self, nonce: str, stale: bool, algorithm: str) -> str:
+        return format_challenge(
+            DigestChallenge(
+                realm=self.realm, nonce=nonce, algorithm=algorithm, qop=("auth",), stale=stale
+            )
+        )
+
+    def challenges(self, now: float, stale: bool = False, source: str = "") -> list[str]:
+        """Return one challenge per accepted algorithm, SHA-256 before MD5 (RFC 8760 §2.4,
+        RFC 7616 §3.7), sharing one nonce issued at ``now`` (seconds). Send each as its own
+        header field, in order."""
+        nonce = self.nonces.make(now, self.realm, source)
+        order = [a for a in ("SHA-256", "MD5") if a in self._accepted]
+        return [self._challenge(nonce, stale, a) for a in order]
+
+    def verify(
+        self,
+        credentials: Credentials,
+        method: str,
+        ha1_lookup: Callable[[str, str], str | None],
+        now: float,
+        source: str = "",
+    ) -> AuthResult:
+        """Verify ``credentials`` of a ``method`` request at time ``now`` (seconds).
+
+        Args:
+            credentials: parsed ``Authorization``/``Proxy-Authorization`` value.
+            method: the request method (``"REGISTER"``).
+            ha1_lookup: ``(username, algorithm) -> HA1 hex or None``; ``algorithm`` is the base
+                name ``"MD5"`` or ``"SHA-256"`` and the HA1 is ``H(user:realm:password)``
+                (:func:`compute_ha1`). ``None`` means unknown user; the same hash work is then
+                done against a dummy HA1 so timing does not reveal whether the user exists
+                (the lookup's own timing is the caller's concern). Exceptions propagate.
+            now: current time in seconds; source: as given to :meth:`challenge`.
+
+        Returns:
+            OK with the username; STALE if the digest is right but the nonce is expired or
+            was forgotten (challenge again with ``stale=true``); FAILED for an unknown scheme,
+            missing/malformed parameters, realm mismatch, unsupported algorithm/qop, bad
+            nonce, wrong password or unknown user (same reason), or a replayed nonce-count.
+            The ``uri`` parameter is not compared with the Request-URI here.
+        """
+        c = credentials
+        user = c.username
+
+        def fail(reason: str) -> AuthResult:
+            return AuthResult(AuthStatus.FAILED, user, reason)
+
+        if c.scheme.lower() != "digest":
+            return fail("unsupported auth scheme")
+        if user is None or c.realm is None or c.nonce is None or c.uri is None:
+            return fail("missing parameter")
+        if c.response is None:
+            return fail("missing parameter")
+        if c.realm != self.realm:
+            return fail("realm mismatch")
+        try:
+            base, sess = _split_algorithm(c.algorithm)
+        except ValueError:
+            return fail("unsupported algorithm")
+        if base not in self._accepted:
+            return fail("unsupported algorithm")
+        nc_value = 1
+        if c.qop is not None:
+            if c.qop.lower() != "auth":
+                return fail("unsupported qop")
+            if c.nc is None or c.cnonce is None:
+                return fail("missing parameter")
+            if not _NC_RE.fullmatch(c.nc):
+                return fail("malformed nc")
+            nc_value = int(c.nc, 16)
+            if nc_value == 0:
+                return fail("malformed nc")
+        elif not self.allow_no_qop or sess:
+            return fail("missing qop")
+        response = c.response
+        if len(response) != _HEX_LEN[base] or not _HEX_RE.fullmatch(response):
+            return fail("malformed response")
+
+        nonce_status = self.nonces.check(c.nonce, now, self.realm, source)
+        if nonce_status is NonceStatus.INVALID:
+            return fail("invalid nonce")
+
+        ha1 = ha1_lookup(user, base)
+        known = ha1 is not None
+        expected = compute_response(
+            ha1.lower() if ha1 is not None else self._dummy[base],
+            method,
+            c.uri,
+            c.nonce,
+            c.nc,
+            c.cnonce,
+            c.qop,
+            c.algorithm,
+        )
+        match = hmac.compare_digest(expected.encode(), response.lower().encode())
+        if not (match and known):
+            return fail("invalid credentials")
+        if nonce_status is NonceStatus.STALE:
+            return AuthResult(AuthStatus.STALE, user, "stale nonce")
+
+        issued = self.nonces.issued_at(c.nonce)
+        count = self.tracker.record(c.nonce, nc_value, issued if issued is not None else now)
+        if count is NonceCountStatus.FORGOTTEN:
+            return AuthResult(AuthStatus.STALE, user, "nonce no longer tracked")
+        if count is NonceCountStatus.REPLAY:
+            if c.qop is None:
+                return AuthResult(AuthStatus.STALE, user, "RFC 2069 nonce reused")
+            return fail("replayed nonce-count")
+        return AuthResult(AuthStatus.OK, user, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side (test tools, benchmarks)
+# ---------------------------------------------------------------------------------------------
+
+
+def answer_challenge(
+    challenge: DigestChallenge,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int = 1,
+    body: bytes = b"",
+) -> Credentials:
+    """Build the credentials a UAC sends in reply to ``challenge`` (RFC 3261 §22.4).
+
+    Picks ``qop=auth`` if offered, else ``auth-int``, else the RFC 2069 form (no qop), and
+    echoes ``algorithm`` and ``opaque``.
+
+    Raises:
+        ValueError: non-Digest scheme, missing realm/nonce, unsupported algorithm or only
+            unsupported qop options offered.
+    """
+    if challenge.scheme.lower() != "digest" or challenge.realm is None or not challenge.nonce:
+        raise ValueError("not a usable Digest challenge")
+    offered = None if challenge.qop is None else [q.lower() for q in challenge.qop]
+    qop: str | None
+    if offered is None:
+        qop = None
+    elif "auth" in offered:
+        qop = "auth"
+    elif "auth-int" in offered:
+        qop = "auth-int"
+    else:
+        raise ValueError("no supported qop offered")
+    ha1 = compute_ha1(username, challenge.realm, password, challenge.algorithm or "MD5")
+    nc_s = f"{nc:08x}" if qop else None
+    cn = cnonce if qop else None
+    response = compute_response(
+        ha1, method, uri, challenge.nonce, nc_s, cn, qop, challenge.algorithm, body
+    )
+    return Credentials(
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=challenge.algorithm,
+        cnonce=cn,
+        opaque=challenge.opaque,
+        qop=qop,
+        nc=nc_s,
+    )

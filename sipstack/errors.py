@@ -1,0 +1,28 @@
+"""Typed errors of the SIP stack.
+
+Every malformed input surfaces as exactly one exception type, :class:`SipParseError`, which
+carries the status code a server should answer with (RFC 3261 §8.2, §21.4; RFC 4475).
+"""
+
+from __future__ import annotations
+
+
+class SipParseError(ValueError):
+    """A SIP message (or part of one) could not be parsed or violates the grammar.
+
+    Attributes:
+        status: the response status a UAS/proxy should send for a request carrying this error
+            (``400`` Bad Request, ``505`` Version Not Supported, ``513`` Message Too Large,
+            ``416`` Unsupported URI Scheme, ...). For responses the caller drops the message.
+        reason: a short human-readable reason, safe to put in a reason phrase or ``Warning``.
+
+    Source: RFC 3261 §7, §25 (grammar), §8.2 (UAS behaviour), §21.4 (status codes).
+    """
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"SipParseError({self.reason!r}, status={self.status})"

@@ -1,0 +1,360 @@
+"""The asyncio SIP endpoint: listeners, the flow table, and the path from bytes to a request
+handler and back (DESIGN.md §3 "path of a request").
+
+``bytes → transport → framing → parser → validation → Via received/rport → handler →
+response → serializer → transport``. The handler (the server's dispatcher) never touches a
+socket; the transports never look inside messages beyond framing.
+
+Malformed input never escapes as an exception (DESIGN.md §5): a request that fails parsing or
+validation is answered with the :class:`~sipstack.errors.SipParseError` status when a response
+can be addressed, otherwise dropped and logged; a malformed response is dropped and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import SipParseError
+from ..framing import FramingLimits
+from ..headers import split_commas
+from ..message import Request, Response, make_response
+from ..parser import parse_message, validate_request, validate_response
+from .datagram import DatagramEndpoint
+from .flows import Address, Flow, FlowTable, ListenSpec
+from .stream import StreamConnection
+
+__all__ = ["EndpointConfig", "RequestHandler", "SipEndpoint"]
+
+log = logging.getLogger("sipstack.endpoint")
+
+
+class RequestHandler(Protocol):
+    """The transaction user: the server's dispatcher."""
+
+    def handle_request(self, request: Request, flow: Flow) -> Response | None:
+        """Answer a valid request: return the response to send now, or ``None`` when there is
+        no response (ACK) or it will be sent later with :meth:`SipEndpoint.send_response`."""
+
+    def handle_response(self, response: Response, flow: Flow) -> None:
+        """A valid response arrived (client transactions, heartbeats ...)."""
+
+
+@dataclass(slots=True)
+class EndpointConfig:
+    """Endpoint settings.
+
+    Attributes:
+        limits: framing limits; ``limits.max_message_size`` (bytes) also bounds UDP datagrams.
+        server_ssl: the TLS server context for ``tls`` listeners (DESIGN.md §5).
+        client_ssl: the TLS client context for outgoing ``tls`` connections.
+        handshake_timeout: seconds allowed for a TLS handshake.
+        warning_agent: the host name put in ``Warning: 399`` headers of error responses.
+    """
+
+    limits: FramingLimits = field(default_factory=FramingLimits)
+    server_ssl: ssl.SSLContext | None = None
+    client_ssl: ssl.SSLContext | None = None
+    handshake_timeout: float = 10.0
+    warning_agent: str = "registrar"
+
+
+class SipEndpoint:
+    """Listens on TLS/TCP/UDP sockets and connects the transports to a :class:`RequestHandler`.
+
+    Args:
+        handler: the transaction user.
+        config: :class:`EndpointConfig`.
+
+    Counters in :attr:`stats` (``received``, ``malformed``, ``dropped``, ``sent``) are for
+    the admin interface.
+    """
+
+    def __init__(self, handler: RequestHandler, config: EndpointConfig | None = None) -> None:
+        self.handler = handler
+        self.config = config or EndpointConfig()
+        self.flows = FlowTable()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._udp: dict[tuple[str, int], DatagramEndpoint] = {}
+        self._streams: set[StreamConnection] = set()
+        self.listening: list[tuple[ListenSpec, Address]] = []
+        self.stats = {"received": 0, "malformed": 0, "dropped": 0, "sent": 0}
+        self.on_flow_closed_hooks: list[Callable[[Flow], None]] = []
+
+    # ------------------------------------------------------------------------ listeners
+    async def listen(self, spec: ListenSpec) -> Address:
+        """Open one listening socket; returns the bound (ip, port) (port 0 picks one).
+
+        Raises:
+            OSError: the address cannot be bound.
+            ValueError: a ``tls`` listener without ``config.server_ssl``.
+        """
+        loop = asyncio.get_running_loop()
+        limits = self.config.limits
+        if spec.transport == "udp":
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: DatagramEndpoint(self), local_addr=(spec.host, spec.port)
+            )
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+                    except OSError:
+                        pass
+            bound = transport.get_extra_info("sockname")
+            self._udp[(bound[0], bound[1])] = proto
+        else:
+            ssl_ctx = None
+            if spec.transport == "tls":
+                ssl_ctx = self.config.server_ssl
+                if ssl_ctx is None:
+                    raise ValueError(f"listener {spec}: TLS needs a certificate (--cert/--key)")
+
+            def factory() -> StreamConnection:
+                conn = StreamConnection(self, spec.transport, limits)
+                return conn
+
+            server = await loop.create_server(
+                factory,
+                spec.host,
+                spec.port,
+                ssl=ssl_ctx,
+                ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
+                backlog=4096,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            bound = server.sockets[0].getsockname()
+        address = (bound[0], bound[1])
+        self.listening.append((spec, address))
+        return address
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        for server in self._servers:
+            server.close()
+        for flow in self.flows:
+            flow.close()
+        for udp in self._udp.values():
+            udp.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+        self._servers.clear()
+        self._udp.clear()
+
+    # ---------------------------------------------------------------- FlowSink callbacks
+    def on_flow_opened(self, flow: Flow) -> None:
+        self.flows.add(flow)
+
+    def on_flow_closed(self, flow: Flow) -> None:
+        self.flows.remove(flow)
+        for hook in self.on_flow_closed_hooks:
+            hook(flow)
+
+    def on_framing_error(self, flow: Flow, status: int, reason: str) -> None:
+        self.stats["malformed"] += 1
+        log.warning(
+            "framing error from %s %s:%s: %s %s", flow.transport, *flow.remote, status, reason
+        )
+
+    def on_message(self, data: bytes, flow: Flow) -> None:
+        """Parse, validate and dispatch one message. Never raises."""
+        self.stats["received"] += 1
+        datagram = flow.transport == "udp"
+        try:
+            msg = parse_message(data, datagram=datagram)
+        except SipParseError as exc:
+            self._reject_unparsable(data, flow, exc)
+            return
+        try:
+            if type(msg) is Request:
+                self._on_request(msg, flow, len(data))
+            else:
+                assert isinstance(msg, Response)
+                try:
+                    validate_response(msg)
+                except SipParseError as exc:
+                    self.stats["malformed"] += 1
+                    log.info("dropped malformed response from %s:%s: %s", *flow.remote, exc.reason)
+                    return
+                self.handler.handle_response(msg, flow)
+        except Exception:  # a bug in a service must not stop the FE (DESIGN.md §5)
+            log.exception("error handling a message from %s %s:%s", flow.transport, *flow.remote)
+            if isinstance(msg, Request) and msg.method != "ACK":
+                try:
+                    self.send_response(make_response(msg, 500), flow)
+                except Exception:
+                    pass
+
+    def _on_request(self, req: Request, flow: Flow, size: int) -> None:
+        if size > self.config.limits.max_message_size:
+            self.stats["malformed"] += 1
+            self._answer_error(req, flow, SipParseError("Message Too Large", 513))
+            return
+        try:
+            validate_request(req)
+        except SipParseError as exc:
+            self.stats["malformed"] += 1
+            log.info(
+                "malformed %s from %s %s:%s: %s",
+                req.method, flow.transport, *flow.remote, exc.reason,
+            )
+            if req.method != "ACK":
+                self._answer_error(req, flow, exc)
+            return
+        self._stamp_via(req, flow)
+        response = self.handler.handle_request(req, flow)
+        if response is not None:
+            self.send_response(response, flow)
+
+    def _stamp_via(self, req: Request, flow: Flow) -> None:
+        """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""
+        via = req.vias[0]
+        src_ip, src_port = flow.remote
+        params = via.params
+        changed = False
+        if "rport" in params and params["rport"] is None:
+            params["rport"] = str(src_port)
+            params["received"] = src_ip
+            changed = True
+        elif via.host != src_ip and params.get("received") != src_ip:
+            params["received"] = src_ip
+            changed = True
+        if changed:
+            for i, (key, name, value) in enumerate(req.headers):
+                if key == "via":
+                    parts = split_commas(value) if "," in value else [value]
+                    parts[0] = str(via)
+                    req.headers[i] = (key, name, ", ".join(parts))
+                    break
+
+    def _answer_error(self, req: Request, flow: Flow, exc: SipParseError) -> None:
+        resp = make_response(req, exc.status)
+        reason = exc.reason.replace('"', "'").replace("\\", "/")[:200]
+        resp.add("Warning", f'399 {self.config.warning_agent} "{reason}"')
+        self._send_raw_response(resp, flow)
+
+    def _reject_unparsable(self, data: bytes, flow: Flow, exc: SipParseError) -> None:
+        """The message could not be parsed at all. Requests get the status back over the same
+        flow when their header block can still be read; everything else is dropped."""
+        self.stats["malformed"] += 1
+        log.info(
+            "unparsable message from %s %s:%s: %s (%d bytes)",
+            flow.transport, *flow.remote, exc.reason, len(data),
+        )
+        head = data.split(b"\r\n\r\n", 1)[0]
+        first = head.split(b"\r\n", 1)[0]
+        if first.startswith(b"SIP/") or not first:
+            return  # a response: discard (RFC 3261 §18.1.2)
+        # Copy the headers a response needs, line by line, if they are readable.
+        resp = Response(exc.status)
+        wanted = {b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"}
+        for line in head.split(b"\r\n")[1:]:
+            name, colon, value = line.partition(b":")
+            if colon and name.strip().lower() in wanted:
+                try:
+                    resp.add(name.strip().decode("ascii"), value.strip().decode("utf-8"))
+                except UnicodeDecodeError:
+                    continue
+        if "via" not in resp and flow.transport == "udp":
+            return
+        resp.add("Warning", f'399 {self.config.warning_agent} "{exc.reason[:200]}"'.replace("\\", "/"))
+        resp.add("Content-Length", "0")
+        self._send_raw_response(resp, flow)
+
+    # ---------------------------------------------------------------------- sending
+    def send_response(self, response: Response, flow: Flow) -> None:
+        """Send a response to a request received on ``flow`` (RFC 3261 §18.2.2).
+
+        Reliable: over the same connection; if it has closed, over another open connection
+        to the Via ``received``/sent-by address, else dropped (logged). UDP: to ``received``
+        and ``rport`` (RFC 3581), else to ``received`` and the sent-by port (default 5060).
+        """
+        self._send_raw_response(response, flow)
+
+    def _send_raw_response(self, response: Response, flow: Flow) -> None:
+        data = response.encode()
+        if flow.transport != "udp":
+            if not flow.closed:
+                flow.send(data)
+                self.stats["sent"] += 1
+                return
+            try:
+                via = response.top_via
+                host = via.params.get("received") or via.host
+                port = int(via.params.get("rport") or via.port or 5061)
+            except (SipParseError, ValueError):
+                host, port = flow.remote
+            other = self.flows.lookup(flow.transport, host, port)
+            if other is not None:
+                other.send(data)
+                self.stats["sent"] += 1
+            else:
+                self.stats["dropped"] += 1
+                log.info("response %s dropped: connection to %s:%s closed", response.status, host, port)
+            return
+        dest = flow.remote
+        try:
+            via = response.top_via
+            received = via.params.get("received")
+            rport = via.params.get("rport")
+            if rport:
+                dest = (received or flow.remote[0], int(rport))
+            elif received:
+                dest = (received, via.port or 5060)
+            elif via.host != flow.remote[0]:
+                dest = flow.remote  # sent-by unresolvable here; answer the source
+            else:
+                dest = (via.host, via.port or 5060)
+        except (SipParseError, ValueError):
+            dest = flow.remote
+        origin = flow.origin
+        if dest != flow.remote and isinstance(origin, DatagramEndpoint):
+            origin.flow_to(dest).send(data)
+        else:
+            flow.send(data)
+        self.stats["sent"] += 1
+
+    def send_request(self, request: Request, flow: Flow) -> None:
+        """Send a request over an existing flow (connection reuse, RFC 5923)."""
+        flow.send(request.encode())
+        self.stats["sent"] += 1
+
+    def udp_flow(self, dest: Address) -> Flow | None:
+        """A flow from our first UDP socket to ``dest``, or ``None`` without UDP listeners."""
+        for udp in self._udp.values():
+            return udp.flow_to(dest)
+        return None
+
+    async def connect(self, transport: str, host: str, port: int, server_hostname: str | None = None) -> Flow:
+        """Open (or reuse) a TCP/TLS connection to ``host:port`` and return its flow.
+
+        Raises:
+            OSError: the connection failed; ssl.SSLError: the TLS handshake failed.
+        """
+        existing = self.flows.lookup(transport, host, port)
+        if existing is not None and not existing.closed:
+            return existing
+        loop = asyncio.get_running_loop()
+        ssl_ctx = self.config.client_ssl if transport == "tls" else None
+        if transport == "tls" and ssl_ctx is None:
+            raise ValueError("TLS connections need a client TLS context")
+        _, proto = await loop.create_connection(
+            lambda: StreamConnection(self, transport, self.config.limits),
+            host,
+            port,
+            ssl=ssl_ctx,
+            server_hostname=(server_hostname or host) if ssl_ctx else None,
+            ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
+        )
+        assert proto.flow is not None
+        return proto.flow
