@@ -23,6 +23,8 @@ Command line::
     python bench/cpu.py options  [--rate 2000] [--duration 10] [--transports tcp,udp] [--json]
     python bench/cpu.py register [--rate 2000] [--duration 10] [--transports tcp,udp] [--json]
 
+    other options: --targets ours,kamailio  --repeat N  --host 127.0.0.1  --ours-cmd '...'
+
 Only the standard library is used.  See ``bench/README.md``.
 """
 
@@ -38,6 +40,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -602,31 +605,69 @@ def _fmt(value: Any, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """A text table: target, transport, ok, failed, CPU µs/request, ratio ours/kamailio."""
+def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge repeated runs per (target, transport), in first-seen order.
+
+    Counts and CPU seconds are summed; ``cpu_us_per_request`` is the median over the runs
+    that had successful requests, with ``cpu_us_min``/``cpu_us_max`` beside it.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["target"], r["transport"]), []).append(r)
+    summary = []
+    for (target, transport), runs in groups.items():
+        per_req = [r["cpu_us_per_request"] for r in runs if r["cpu_us_per_request"] is not None]
+        cpu = [r["cpu_seconds"] for r in runs if r["cpu_seconds"] is not None]
+        errors = [r["error"] for r in runs if r.get("error")]
+        summary.append(
+            {
+                "target": target,
+                "transport": transport,
+                "runs": len(runs),
+                "requests_ok": sum(r["requests_ok"] for r in runs),
+                "requests_failed": sum(r["requests_failed"] for r in runs),
+                "cpu_seconds": round(sum(cpu), 4) if cpu else None,
+                "cpu_us_per_request": statistics.median(per_req) if per_req else None,
+                "cpu_us_min": min(per_req) if per_req else None,
+                "cpu_us_max": max(per_req) if per_req else None,
+                **({"error": errors[0]} if errors else {}),
+            }
+        )
+    return summary
+
+
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A text table: target, transport, ok, failed, CPU µs/request, ratio ours/kamailio.
+
+    ``summary`` is the output of :func:`summarize` (or single runs of :func:`measure`).
+    """
     base = {
         r["transport"]: r["cpu_us_per_request"]
-        for r in results
+        for r in summary
         if r["target"] == "kamailio" and r["cpu_us_per_request"]
     }
-    header = ("target", "transport", "ok", "failed", "CPU s", "CPU µs/req", "ours/kamailio")
+    spread = any(r.get("runs", 1) > 1 for r in summary)
+    header = ("target", "transport", "ok", "failed", "CPU s", "CPU µs/req")
+    header += ("min-max",) if spread else ()
+    header += ("ours/kamailio",)
     rows = [header]
-    for r in results:
+    for r in summary:
         us = r["cpu_us_per_request"]
         ratio = None
         if r["target"] != "kamailio" and us and base.get(r["transport"]):
             ratio = f"{us / base[r['transport']]:.2f}x"
-        rows.append(
-            (
-                r["target"],
-                r["transport"],
-                str(r["requests_ok"]),
-                str(r["requests_failed"]),
-                _fmt(r["cpu_seconds"], ".3f"),
-                _fmt(us, ".1f"),
-                ratio or "-",
-            )
+        row = (
+            r["target"],
+            r["transport"],
+            str(r["requests_ok"]),
+            str(r["requests_failed"]),
+            _fmt(r["cpu_seconds"], ".3f"),
+            _fmt(us, ".1f"),
         )
+        if spread:
+            lo, hi = r.get("cpu_us_min"), r.get("cpu_us_max")
+            row += (f"{lo:.0f}-{hi:.0f}" if lo is not None and hi is not None else "-",)
+        rows.append((*row, ratio or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for i, row in enumerate(rows):
@@ -638,7 +679,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     errors = []
-    for r in results:
+    for r in summary:
         if r.get("error"):
             first, *rest = r["error"].splitlines()
             errors.append(f"  {r['target']}/{r['transport']}: {first}")
@@ -666,6 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="our server's command line, with {host} {port} {repo} {rundir} placeholders; "
         "it runs in {rundir} (default: .venv/bin/registrar serve --listen ...)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per target and transport; median shown (1)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 
@@ -685,15 +729,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# note: {ncpu} CPUs, shared by sipp and the server", file=sys.stderr)
 
     results = []
-    for transport in transports:
-        for name in names:
-            port = free_port(args.host)
+    for rep in range(1, args.repeat + 1):
+        for transport in transports:
+            for name in names:
+                port = free_port(args.host)
+                tag = f"{name}/{transport}" + (f" #{rep}" if args.repeat > 1 else "")
 
-            def progress(msg: str, _n: str = name, _t: str = transport) -> None:
-                print(f"[{_n}/{_t}] {msg}", file=sys.stderr, flush=True)
+                def progress(msg: str, _tag: str = tag) -> None:
+                    print(f"[{_tag}] {msg}", file=sys.stderr, flush=True)
 
-            results.append(
-                measure(
+                run = measure(
                     available[name],
                     str(mode.scenario),
                     transport,
@@ -705,13 +750,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     name=name,
                     progress=progress,
                 )
-            )
+                results.append({**run, "run": rep})
 
+    summary = summarize(results)
     if args.json:
-        print(json.dumps({"mode": mode.name, "results": results}, indent=2))
+        print(json.dumps({"mode": mode.name, "summary": summary, "runs": results}, indent=2))
     else:
-        print(f"\n{mode.name}: {args.rate} requests/s for {args.duration:g}s per run")
-        print(format_table(results))
+        runs = f", {args.repeat} runs each" if args.repeat > 1 else ""
+        print(f"\n{mode.name}: {args.rate} requests/s for {args.duration:g}s per run{runs}")
+        print(format_table(summary))
     return 1 if any(r.get("error") for r in results) else 0
 
 

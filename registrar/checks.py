@@ -1,4 +1,4 @@
-"""Request inspection before a service runs (RFC 3261 §8.2.1–§8.2.3, §16.3).
+"""Request inspection before a service runs (RFC 3261 §8.2.1 to §8.2.3, §16.3).
 
 The order, and why (RFC 4475 §3.3 expects these statuses):
 

@@ -43,25 +43,38 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument("--cert", type=Path, help="PEM certificate for TLS listeners")
     serve.add_argument("--key", type=Path, help="PEM private key for TLS listeners")
-    serve.add_argument("--ca", type=Path, help="PEM CA bundle that verifies peer (client) certificates")
+    serve.add_argument(
+        "--ca", type=Path, help="PEM CA bundle that verifies peer (client) certificates"
+    )
     serve.add_argument("--fqdn", help="this FE's host name (default: the machine's FQDN)")
     serve.add_argument(
         "--domain", action="append", default=[], help="a SIP domain this FE serves (repeatable)"
     )
     serve.add_argument(
-        "--max-message-size", type=int, default=65536, metavar="BYTES",
+        "--max-message-size",
+        type=int,
+        default=65536,
+        metavar="BYTES",
         help="largest message accepted; larger ones get 513 (default 65536)",
     )
     serve.add_argument(
-        "--header-timeout", type=float, default=10.0, metavar="SECONDS",
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
         help="time to receive a whole message once it has begun (default 10)",
     )
     serve.add_argument(
-        "--idle-timeout", type=float, default=300.0, metavar="SECONDS",
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
         help="close connections idle this long (default 300)",
     )
     serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
         help="logging level (default info)",
     )
     serve.set_defaults(func=_serve)
@@ -95,8 +108,14 @@ def _serve(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             print(f"registrar serve: --{option} {path}: no such file", file=sys.stderr)
             return 2
-    config = FrontEndConfig(listen=listen, cert=args.cert, key=args.key, ca=args.ca,
-                            domains=[d.lower() for d in args.domain], limits=limits)
+    config = FrontEndConfig(
+        listen=listen,
+        cert=args.cert,
+        key=args.key,
+        ca=args.ca,
+        domains=[d.lower() for d in args.domain],
+        limits=limits,
+    )
     if args.fqdn:
         config.fqdn = args.fqdn
     try:

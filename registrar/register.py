@@ -126,7 +126,9 @@ class RegisterService:
         nonces = NonceManager(nonce_secret)
         tracker = NonceCountTracker()
         self._verifiers = {d: DigestVerifier(nonces, d, tracker=tracker) for d in self.domains}
-        self.aor_limiter = FailureLimiter(settings.max_failures, settings.failure_window, settings.cooldown)
+        self.aor_limiter = FailureLimiter(
+            settings.max_failures, settings.failure_window, settings.cooldown
+        )
         self.src_limiter = FailureLimiter(
             settings.max_failures * 5, settings.failure_window, settings.cooldown
         )
@@ -197,11 +199,17 @@ class RegisterService:
         blocked = self.src_limiter.failure(src_key, now) or blocked
         log.warning(
             "authentication failed for %s from %s %s:%s (%s)%s",
-            aor, flow.transport, *flow.remote, result.reason, "; now blocked" if blocked else "",
+            aor,
+            flow.transport,
+            *flow.remote,
+            result.reason,
+            "; now blocked" if blocked else "",
         )
         return self._challenge(req, verifier, now, stale=False)
 
-    def _challenge(self, req: Request, verifier: DigestVerifier, now: float, stale: bool) -> Response:
+    def _challenge(
+        self, req: Request, verifier: DigestVerifier, now: float, stale: bool
+    ) -> Response:
         resp = make_response(req, 401, to_tag=_to_tag(req))
         cl = resp.headers.pop()
         for value in verifier.challenges(now, stale=stale):
@@ -305,7 +313,9 @@ class RegisterService:
                     reason = "refreshed" if old.contact == binding.contact else "replaced"
                 location.put(binding, reason=reason)
             self.stats["registered"] += 1
-            return self._ok(req, aor, now, outbound=used_outbound, path=path if "path" in supported else ())
+            return self._ok(
+                req, aor, now, outbound=used_outbound, path=path if "path" in supported else ()
+            )
         return self._ok(req, aor, now, outbound=False)
 
     @staticmethod
@@ -320,7 +330,9 @@ class RegisterService:
             call_id="",
             cseq=0,
             instance_id=instance,
-            reg_id=int(reg_id) if instance is not None and reg_id is not None and reg_id.isdigit() else None,
+            reg_id=int(reg_id)
+            if instance is not None and reg_id is not None and reg_id.isdigit()
+            else None,
         )
         return probe.key
 

@@ -37,8 +37,20 @@ Service = Callable[[Request, Flow], Response | None]
 # RFC 3261 and its extensions: methods an FE understands even when it does not serve them.
 KNOWN_METHODS = frozenset(
     {
-        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
-        "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
     }
 )
 
@@ -131,7 +143,7 @@ _SUPPORTED = "path, outbound"
 
 
 def _tag(request: Request) -> str:
-    """A To tag derived from the request, so retransmissions get the same tag (RFC 3261 §8.2.6.2)."""
+    """A To tag derived from the request: retransmissions get the same tag (RFC 3261 §8.2.6.2)."""
     branch = request.top_via.branch or request.call_id
     return format(abs(hash((branch, request.cseq.number))) & 0xFFFFFFFF, "08x")
 
@@ -148,7 +160,9 @@ class FrontEnd:
         server_ssl = None
         if any(spec.transport == "tls" for spec in config.listen):
             if config.cert is None or config.key is None:
-                raise ValueError("a tls listener needs --cert and --key (make them with 'registrar certs init')")
+                raise ValueError(
+                    "a tls listener needs --cert and --key (make them with 'registrar certs init')"
+                )
             server_ssl = server_ssl_context(config.cert, config.key, ca=config.ca)
         self.endpoint = SipEndpoint(
             self.dispatcher,
@@ -177,7 +191,9 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def run_frontend(config: FrontEndConfig, ready: Callable[[FrontEnd], None] | None = None) -> int:
+async def run_frontend(
+    config: FrontEndConfig, ready: Callable[[FrontEnd], None] | None = None
+) -> int:
     """Run an FE until SIGTERM or SIGINT; returns the process exit code (0 on a clean stop)."""
     raise_fd_limit()
     fe = FrontEnd(config)

@@ -46,7 +46,7 @@ Decisions (see also the docstrings of :class:`FramingLimits` and :class:`StreamF
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
 __all__ = [
@@ -124,12 +124,18 @@ class FramingError:
         status: SIP status to answer with: ``513`` Message Too Large for size limits,
             ``400`` Bad Request for an invalid Content-Length (RFC 3261 §21.4.1, §21.5.14).
         reason: short human-readable reason, safe for a reason phrase or ``Warning``.
+        head: the offending message's complete header block (start line to the empty line
+            that ends it, inclusive) when it had arrived, so that the adapter can copy Via,
+            From, To, Call-ID and CSeq into the response; ``b""`` when the header block itself
+            was incomplete (too long, or a line too long before its end arrived). Not part of
+            equality.
 
     After this event the framer is dead: it drops its buffer and returns no further events.
     """
 
     status: int
     reason: str
+    head: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,9 +396,9 @@ class StreamFramer:
         self._die()
         return Timeout(kind)
 
-    def _fail(self, events: list[FramingEvent], status: int, reason: str) -> int:
+    def _fail(self, events: list[FramingEvent], status: int, reason: str, head: bytes = b"") -> int:
         self._die()
-        events.append(FramingError(status, reason))
+        events.append(FramingError(status, reason, head))
         return 0
 
     def _run(self, buf: bytes | bytearray, events: list[FramingEvent]) -> int:
@@ -446,24 +452,48 @@ class StreamFramer:
                     break
                 header_len = end + 4 - pos
                 if header_len > max_size:
-                    return self._fail(events, 513, "Message Too Large: header block")
+                    return self._fail(
+                        events, 513, "Message Too Large: header block", bytes(buf[pos : end + 4])
+                    )
                 if end - pos > max_line and not self._lines_fit(buf, pos, end):
-                    return self._fail(events, 513, "Message Too Large: header line")
+                    return self._fail(
+                        events, 513, "Message Too Large: header line", bytes(buf[pos : end + 4])
+                    )
                 # Each header line takes at least 3 bytes (a character and CRLF): only count
                 # when the block is long enough to hold too many.
                 if (end - pos) // 3 > max_headers and buf.count(b"\r\n", pos, end) > max_headers:
-                    return self._fail(events, 513, "Message Too Large: too many header lines")
+                    return self._fail(
+                        events,
+                        513,
+                        "Message Too Large: too many header lines",
+                        bytes(buf[pos : end + 4]),
+                    )
 
                 body_len = _content_length(buf, pos, end)
                 if body_len < 0:
                     if body_len == _CL_TOO_LARGE:
-                        return self._fail(events, 513, "Message Too Large: Content-Length")
+                        return self._fail(
+                            events,
+                            513,
+                            "Message Too Large: Content-Length",
+                            bytes(buf[pos : end + 4]),
+                        )
                     if body_len == _CL_CONFLICT:
-                        return self._fail(events, 400, "Bad Request: conflicting Content-Length")
-                    return self._fail(events, 400, "Bad Request: invalid Content-Length")
+                        return self._fail(
+                            events,
+                            400,
+                            "Bad Request: conflicting Content-Length",
+                            bytes(buf[pos : end + 4]),
+                        )
+                    return self._fail(
+                        events,
+                        400,
+                        "Bad Request: invalid Content-Length",
+                        bytes(buf[pos : end + 4]),
+                    )
                 total = header_len + body_len
                 if total > max_size:
-                    return self._fail(events, 513, "Message Too Large")
+                    return self._fail(events, 513, "Message Too Large", bytes(buf[pos : end + 4]))
                 if n - pos < total:
                     state = _BODY
                     self._body_total = total

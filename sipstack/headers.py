@@ -12,6 +12,7 @@ nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -20,13 +21,16 @@ from .uri import SipUri, Uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
+    "MAX_CSEQ",
     "MULTI_VALUED",
     "SINGLE_VALUED",
     "CSeq",
     "NameAddr",
     "Via",
     "canonical_name",
+    "format_params",
     "header_key",
+    "is_token",
     "parse_cseq",
     "parse_name_addr",
     "parse_params",
@@ -81,6 +85,8 @@ MULTI_VALUED = frozenset(
         "accept-language", "allow-events", "content-encoding", "content-language",
         "in-reply-to", "warning", "error-info", "alert-info", "call-info", "reason",
         "security-client", "security-server", "security-verify", "p-asserted-identity",
+        "p-preferred-identity", "p-associated-uri", "history-info", "accept-contact",
+        "reject-contact", "request-disposition", "privacy",
     }
 )
 
@@ -89,18 +95,39 @@ SINGLE_VALUED = frozenset(
     {"call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type"}
 )
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+_TOKEN_RE = re.compile(rf"[{_TOKEN_CHARS}]+\Z")
+# A quoted-string (RFC 3261 §25.1), unrolled so that the regex engine does not loop per char.
+_QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+# gen-value = token / host / quoted-string (RFC 3261 §25.1).
+_VALUE_CHARS = rf"{_TOKEN_CHARS}\[\]:"
+_VALUE_RE = re.compile(rf"[{_VALUE_CHARS}]+\Z")
+# One generic-param with its leading ';' and the LWS around it; group 1 = the whole item.
+_PARAM_ITEM_RE = re.compile(
+    rf"(;[ \t]*([{_TOKEN_CHARS}]+)[ \t]*(?:=[ \t]*([{_VALUE_CHARS}]+|{_QUOTED})[ \t]*)?)",
+    re.DOTALL,
+)
+# One element of a comma-separated list: commas inside quotes or <...> do not count.
+_LIST_ELEMENT_RE = re.compile(rf'(?:[^,"<]++|{_QUOTED}|<[^>]*+>)*+', re.DOTALL)
+_QUOTED_RE = re.compile(rf"{_QUOTED}", re.DOTALL)
+_UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_SCHEME_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:")
+_DISPLAY_TOKENS_RE = re.compile(rf"[{_TOKEN_CHARS} \t]*\Z")
 _name_cache: dict[str, str] = {}
 
 
 def header_key(name: str) -> str:
-    """The lookup key of a header name: lower case, compact form expanded (``"v"`` → ``"via"``)."""
+    """The lookup key of a header name: lower case, compact form expanded (``"v"`` → ``"via"``).
+
+    Source: RFC 3261 §7.3.1 (names are case-insensitive), §7.3.3 (compact forms).
+    """
     key = name.lower()
     return COMPACT_FORMS.get(key, key)
 
 
 def canonical_name(key: str) -> str:
-    """The spelling used on the wire for a header key (``"call-id"`` → ``"Call-ID"``)."""
+    """The spelling used on the wire for a header key (``"call-id"`` → ``"Call-ID"``,
+    ``"user-agent"`` → ``"User-Agent"``)."""
     name = _name_cache.get(key)
     if name is None:
         name = _CANONICAL.get(key) or "-".join(p.capitalize() for p in key.split("-"))
@@ -111,90 +138,103 @@ def canonical_name(key: str) -> str:
 
 def is_token(text: str) -> bool:
     """True if ``text`` is an RFC 3261 §25.1 ``token``."""
-    return bool(_TOKEN_RE.match(text))
-
-
-def _open_quote(text: str) -> bool:
-    """True if ``text`` ends inside a quoted string (odd count of unescaped quotes)."""
-    if "\\" in text:
-        text = text.replace("\\\\", "").replace('\\"', "")
-    return text.count('"') % 2 == 1
+    return _TOKEN_RE.match(text) is not None
 
 
 def split_commas(value: str) -> list[str]:
     """Split a header value at the commas that separate list elements (RFC 3261 §7.3.1).
 
     Commas inside quoted strings and inside ``<...>`` do not split. Elements are stripped.
-    An empty element (``"a,,b"``) is kept as ``""`` so that callers can reject it.
+    An empty element (``"a,,b"``) is kept as ``""`` so that callers can reject it; an
+    unterminated quoted string or ``<`` makes the rest of the value one (malformed) element,
+    which the element parser then rejects.
     """
     if "," not in value:
         return [value.strip()]
     if '"' not in value and "<" not in value:
         return [v.strip() for v in value.split(",")]
     out: list[str] = []
-    pending = ""
-    for part in value.split(","):
-        piece = pending + part if pending else part
-        # Inside a quoted string (odd number of unescaped quotes) or an open <...>: rejoin.
-        if _open_quote(piece) or piece.count("<") > piece.count(">"):
-            pending = piece + ","
-            continue
-        out.append(piece.strip())
-        pending = ""
-    if pending:
-        out.append(pending[:-1].strip())
-    return out
+    pos = 0
+    n = len(value)
+    match = _LIST_ELEMENT_RE.match
+    while True:
+        end = match(value, pos).end()  # type: ignore[union-attr]  # always matches
+        if end < n and value[end] != ",":
+            out.append(value[pos:].strip())  # unbalanced '"' or '<'
+            return out
+        out.append(value[pos:end].strip())
+        if end >= n:
+            return out
+        pos = end + 1
 
 
 def _split_semis(text: str) -> list[str]:
-    parts = text.split(";")
+    """Split at ``;`` outside quoted strings. Raises SipParseError on an open quote."""
     if '"' not in text:
-        return parts
+        return text.split(";")
     out: list[str] = []
-    pending = ""
-    for part in parts:
-        piece = pending + part if pending else part
-        if _open_quote(piece):
-            pending = piece + ";"
-            continue
-        out.append(piece)
-        pending = ""
-    if pending:
-        raise SipParseError("unterminated quoted string in parameters")
+    start = pos = 0
+    n = len(text)
+    while pos < n:
+        c = text[pos]
+        if c == ";":
+            out.append(text[start:pos])
+            start = pos = pos + 1
+        elif c == '"':
+            m = _QUOTED_RE.match(text, pos)
+            if m is None:
+                raise SipParseError("unterminated quoted string in parameters")
+            pos = m.end()
+        else:
+            pos += 1
+    out.append(text[start:])
     return out
 
 
 def parse_params(text: str) -> dict[str, str | None]:
     """Parse ``*( SEMI generic-param )`` after a header value (RFC 3261 §25.1).
 
-    ``text`` starts at the first ``;`` (or is empty). Names are lower-cased; a flag parameter
-    has the value ``None``; LWS around ``;`` and ``=`` is allowed; quoted values keep their
-    quotes (``'"<urn:uuid:...>"'``).
+    ``text`` starts at the first ``;`` (LWS before it is allowed) or is empty. Names are
+    lower-cased; a flag parameter has the value ``None``; LWS around ``;`` and ``=`` is
+    allowed; values are ``token / host / quoted-string`` and quoted values keep their quotes
+    (``'"<urn:uuid:...>"'``). A repeated name keeps its last value.
 
     Raises:
-        SipParseError: an empty parameter (``";;"``), a name that is not a token, or an empty
-            or malformed value.
+        SipParseError: an empty parameter (``";;"``, RFC 4475 §3.1.2.1), a name that is not a
+            token, an empty or malformed value, an unterminated quoted string.
     """
     params: dict[str, str | None] = {}
-    text = text.strip()
+    total = 0
+    for whole, name, value in _PARAM_ITEM_RE.findall(text):
+        total += len(whole)
+        params[name.lower()] = value or None
+    if total == len(text):
+        return params
+    return _parse_params_slow(text)
+
+
+def _parse_params_slow(text: str) -> dict[str, str | None]:
+    """The reference implementation of :func:`parse_params`, with precise errors."""
+    params: dict[str, str | None] = {}
+    text = text.strip(" \t")
     if not text:
         return params
     if text[0] != ";":
         raise SipParseError(f"junk before parameters: {text[:40]!r}")
     for item in _split_semis(text[1:]):
         name, eq, value = item.partition("=")
-        name = name.strip()
+        name = name.strip(" \t")
         if not name or not _TOKEN_RE.match(name):
             raise SipParseError(f"bad parameter {item.strip()[:40]!r}")
         if eq:
-            value = value.strip()
+            value = value.strip(" \t")
             if not value:
-                raise SipParseError(f"empty value for parameter {name!r}")
+                raise SipParseError(f"empty value for parameter {name[:40]!r}")
             if value[0] == '"':
                 if _parse_quoted(value, 0)[1] != len(value):
-                    raise SipParseError(f"junk after quoted value of parameter {name!r}")
-            elif any(c in value for c in ' \t"<>,'):
-                raise SipParseError(f"bad value for parameter {name!r}")
+                    raise SipParseError(f"junk after quoted value of parameter {name[:40]!r}")
+            elif not _VALUE_RE.match(value):
+                raise SipParseError(f"bad value for parameter {name[:40]!r}")
             params[name.lower()] = value
         else:
             params[name.lower()] = None
@@ -202,19 +242,25 @@ def parse_params(text: str) -> dict[str, str | None]:
 
 
 def format_params(params: dict[str, str | None]) -> str:
-    """Write parameters back as ``;name=value;flag``."""
+    """Write parameters back as ``;name=value;flag`` (values as stored, quotes kept)."""
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
 def parse_uint(text: str, limit: int, what: str) -> int:
-    """Parse ``1*DIGIT`` with an upper bound (inclusive).
+    """Parse ``1*DIGIT`` (LWS around it allowed) with an upper bound (inclusive).
+
+    Args:
+        text: the digits; limit: the largest value allowed; what: a name for the message.
 
     Raises:
-        SipParseError: not digits, or larger than ``limit`` (RFC 4475 §3.1.2.4).
+        SipParseError: not ASCII digits, or larger than ``limit`` (RFC 4475 §3.1.2.4).
     """
-    text = text.strip()
-    if not text or not text.isdigit() or not text.isascii() or len(text) > 20:
+    if not text.isdigit():
+        text = text.strip(" \t")
+    if not text or not text.isdigit() or not text.isascii():
         raise SipParseError(f"bad {what}: {text[:40]!r}")
+    if len(text) > 20:
+        raise SipParseError(f"{what} too large: {text[:40]}")
     value = int(text)
     if value > limit:
         raise SipParseError(f"{what} too large: {text[:40]}")
@@ -222,27 +268,41 @@ def parse_uint(text: str, limit: int, what: str) -> int:
 
 
 def parse_token_list(value: str) -> list[str]:
-    """Parse a comma-separated list of tokens (Require, Supported, Allow ...).
+    """Parse a comma-separated list of tokens (Require, Supported, Allow ... RFC 3261 §20).
 
     Raises:
         SipParseError: an element that is not a token. An empty value gives ``[]``.
     """
-    if not value.strip():
+    if not value.strip(" \t"):
         return []
     out = []
     for item in value.split(","):
-        item = item.strip()
+        item = item.strip(" \t")
         if not _TOKEN_RE.match(item):
             raise SipParseError(f"bad token {item[:40]!r}")
         out.append(item)
     return out
 
 
+def unquote(text: str) -> str:
+    """The content of a quoted-string (``'"a\\\\"b"'`` → ``'a"b'``); other text unchanged."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        content = text[1:-1]
+        return _UNESCAPE_RE.sub(r"\1", content) if "\\" in content else content
+    return text
+
+
 # ---------------------------------------------------------------------------------------- Via
 
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.?)"
+_VIA_FAST_RE = re.compile(
+    rf"SIP/2\.0/([{_TOKEN_CHARS}]+) "
+    r"([A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.?)(?::([0-9]{1,5}))?(;.*)?\Z",
+    re.DOTALL,
+)
 _VIA_RE = re.compile(
-    r"\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*"
-    r"([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*(\d{1,5}))?\s*\Z"
+    rf"[ \t]*([{_TOKEN_CHARS}]+)[ \t]*/[ \t]*([{_TOKEN_CHARS}]+)[ \t]*/[ \t]*"
+    rf"([{_TOKEN_CHARS}]+)[ \t]+({_HOST})(?:[ \t]*:[ \t]*([0-9]{{1,5}}))?[ \t]*\Z"
 )
 
 
@@ -253,8 +313,9 @@ class Via:
     Attributes:
         transport: upper-case transport (``"UDP"``, ``"TCP"``, ``"TLS"``, ``"WS"``, or any token).
         host: sent-by host (IPv6 with brackets); port: sent-by port or ``None``.
-        params: via-params with lower-cased names (``branch``, ``received``, ``rport`` ...).
-        protocol: ``"SIP/2.0"`` (name/version as sent, without spaces).
+        params: via-params with lower-cased names (``branch``, ``received``, ``rport`` ...);
+            ``None`` for a flag (``rport`` as a client sends it).
+        protocol: ``"SIP/2.0"`` (name/version as sent, name upper-cased, without spaces).
     """
 
     transport: str
@@ -265,8 +326,24 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        """The ``branch`` parameter, or ``None``."""
+        """The ``branch`` parameter (RFC 3261 §8.1.1.7), or ``None``."""
         return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        """The ``received`` parameter (RFC 3261 §18.2.1), or ``None``."""
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """The ``rport`` value (RFC 3581) as an int, or ``None`` when absent or a bare flag."""
+        value = self.params.get("rport")
+        return int(value) if value else None
+
+    @property
+    def has_rport(self) -> bool:
+        """True when ``rport`` is present (flag or value): the client asks for RFC 3581."""
+        return "rport" in self.params
 
     @property
     def sent_by(self) -> str:
@@ -280,28 +357,53 @@ class Via:
 def parse_via(value: str) -> Via:
     """Parse one Via value (one element of a comma-separated Via header).
 
+    Returns:
+        a :class:`Via`; LWS inside sent-protocol and around ``:``/``;``/``=`` is accepted.
+
     Raises:
         SipParseError: bad sent-protocol or sent-by, empty parameters (RFC 4475 §3.1.2.1), a
-            port over 65535, or a non-numeric ``rport``/``ttl``.
+            port over 65535, a non-numeric ``rport`` (RFC 3581) or a ``ttl`` not in 0..255.
     """
-    head, semi, ptext = value.partition(";")
-    m = _VIA_RE.match(head)
-    if m is None:
-        raise SipParseError(f"bad Via: {value[:80]!r}")
-    name, version, transport, host, port = m.groups()
+    m = _VIA_FAST_RE.match(value)
+    if m is not None:
+        transport, host, port, ptext = m.groups()
+        protocol = "SIP/2.0"
+    else:
+        head, semi, ptext = value.partition(";")
+        m = _VIA_RE.match(head)
+        if m is None:
+            raise SipParseError(f"bad Via: {value[:80]!r}")
+        name, version, transport, host, port = m.groups()
+        if host[0] == "[":
+            try:
+                ipaddress.IPv6Address(host[1:-1])
+            except ValueError:
+                raise SipParseError(f"bad Via host {host[:60]!r}") from None
+        protocol = f"{name.upper()}/{version}"
+        ptext = semi + ptext
     port_num = None
     if port is not None:
         port_num = int(port)
         if port_num > 65535:
             raise SipParseError(f"bad Via port {port}")
-    params = parse_params(semi + ptext) if semi else {}
-    rport = params.get("rport")
-    if rport is not None and not rport.isdigit():
-        raise SipParseError("bad Via rport")
-    return Via(transport.upper(), host, port_num, params, f"{name.upper()}/{version}")
+    if ptext:
+        params = parse_params(ptext)
+        if "rport" in params:
+            rport = params["rport"]
+            if rport is not None and (not rport.isdigit() or len(rport) > 5 or int(rport) > 65535):
+                raise SipParseError("bad Via rport")
+        if "ttl" in params:
+            ttl = params["ttl"]
+            if ttl is None or not ttl.isdigit() or len(ttl) > 3 or int(ttl) > 255:
+                raise SipParseError("bad Via ttl")
+    else:
+        params = {}
+    return Via(transport.upper(), host, port_num, params, protocol)
 
 
 # ----------------------------------------------------------------------------------- NameAddr
+
+_Q_RE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
 
 
 @dataclass(slots=True)
@@ -338,18 +440,66 @@ class NameAddr:
             return self.uri
         raise SipParseError("not a SIP URI", 416)
 
+    @property
+    def expires(self) -> int | None:
+        """The Contact ``expires`` parameter in seconds (RFC 3261 §20.10), ``None`` if absent.
+
+        Raises:
+            SipParseError: (400) not digits or above 2**32-1 (RFC 4475 §3.1.2.4).
+        """
+        if "expires" not in self.params:
+            return None
+        return parse_uint(self.params["expires"] or "", 2**32 - 1, "Contact expires")
+
+    @property
+    def q(self) -> float | None:
+        """The Contact ``q`` parameter (RFC 3261 §20.10: ``0`` .. ``1``, 3 decimals), ``None``
+        if absent.
+
+        Raises:
+            SipParseError: (400) not a qvalue.
+        """
+        if "q" not in self.params:
+            return None
+        value = self.params["q"]
+        if value is None or not _Q_RE.match(value):
+            raise SipParseError(f"bad q value {value!r}")
+        return float(value)
+
+    @property
+    def instance_id(self) -> str | None:
+        """The ``+sip.instance`` value (RFC 5626 §4.1) without its quotes and ``<>``, e.g.
+        ``"urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"``; ``None`` if absent."""
+        value = self.params.get("+sip.instance")
+        if value is None:
+            return None
+        value = unquote(value)
+        if value.startswith("<") and value.endswith(">"):
+            value = value[1:-1]
+        return value
+
+    @property
+    def reg_id(self) -> int | None:
+        """The ``reg-id`` parameter (RFC 5626 §4.2, 1..2**31-1), ``None`` if absent.
+
+        Raises:
+            SipParseError: (400) not a number in range.
+        """
+        if "reg-id" not in self.params:
+            return None
+        value = parse_uint(self.params["reg-id"] or "", 2**31 - 1, "reg-id")
+        if value == 0:
+            raise SipParseError("reg-id must be at least 1")
+        return value
+
     def __str__(self) -> str:
         if self.wildcard:
             return "*"
-        tail = format_params(self.params)
+        tail = format_params(self.params) if self.params else ""
         if self.display_name is not None:
             escaped = self.display_name.replace("\\", "\\\\").replace('"', '\\"')
             return f'"{escaped}" <{self.uri}>{tail}'
         return f"<{self.uri}>{tail}"
-
-
-_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
-_UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 
 
 def _parse_quoted(text: str, start: int) -> tuple[str, int]:
@@ -361,7 +511,7 @@ def _parse_quoted(text: str, start: int) -> tuple[str, int]:
     m = _QUOTED_RE.match(text, start)
     if m is None:
         raise SipParseError("unterminated quoted string")
-    content = m.group(1)
+    content = text[start + 1 : m.end() - 1]
     if "\\" in content:
         content = _UNESCAPE_RE.sub(r"\1", content)
     return content, m.end()
@@ -370,14 +520,26 @@ def _parse_quoted(text: str, start: int) -> tuple[str, int]:
 def parse_name_addr(value: str) -> NameAddr:
     """Parse one From/To/Contact/Route element (already split at list commas).
 
+    Accepts ``"display" <uri>;params``, ``token display <uri>;params``, ``<uri>;params`` and the
+    addr-spec form ``uri;params`` (whose ``;params`` are header parameters, RFC 3261 §20.10).
     Leniency (RFC 4475 §3.1.2.14 allows it): spaces just inside ``<`` ``>`` are ignored.
 
     Raises:
         SipParseError: unterminated quotes (§3.1.2.6), a display name that is not tokens
-            (§3.1.2.15), an addr-spec holding ``,`` ``?`` or ``;`` in its URI (§3.1.2.13),
+            (§3.1.2.15), an addr-spec holding ``,`` ``?`` or spaces in its URI (§3.1.2.13),
             missing ``>``, or a bad URI or parameter.
     """
-    value = value.strip()
+    if value[:1] == "<":
+        # Fast path: <uri>;params, no display name.
+        gt = value.find(">")
+        if gt > 0:
+            uri_text = value[1:gt]
+            if uri_text[:1] in " \t" or uri_text[-1:] in " \t":
+                uri_text = uri_text.strip(" \t")
+            rest = value[gt + 1 :]
+            params = parse_params(rest) if rest else {}
+            return NameAddr(parse_uri(uri_text), None, params)
+    value = value.strip(" \t")
     if value == "*":
         return NameAddr(None, wildcard=True)
     if not value:
@@ -385,29 +547,30 @@ def parse_name_addr(value: str) -> NameAddr:
     display: str | None = None
     if value[0] == '"':
         display, pos = _parse_quoted(value, 0)
-        rest = value[pos:].lstrip()
-        if not rest.startswith("<"):
+        lt = value.find("<", pos)
+        if lt < 0 or value[pos:lt].strip(" \t"):
             raise SipParseError("quoted display name without <URI>")
-        lt = pos + (len(value[pos:]) - len(rest))
     else:
         lt = value.find("<")
         if lt > 0:
-            words = value[:lt].split()
-            for word in words:
-                if not _TOKEN_RE.match(word):
-                    raise SipParseError(f"bad display name {value[:lt].strip()[:40]!r}")
-            display = " ".join(words) if words else None
+            prefix = value[:lt]
+            if _DISPLAY_TOKENS_RE.match(prefix):
+                display = " ".join(prefix.split()) or None
+            elif _SCHEME_PREFIX_RE.match(prefix):
+                lt = -1  # an addr-spec whose parameters hold a '<' ("<urn:...>" values)
+            else:
+                raise SipParseError(f"bad display name {prefix.strip()[:40]!r}")
     if lt >= 0:
         gt = value.find(">", lt)
         if gt < 0:
             raise SipParseError("missing '>' in address")
-        uri = parse_uri(value[lt + 1 : gt].strip())
+        uri = parse_uri(value[lt + 1 : gt].strip(" \t"))
         rest = value[gt + 1 :]
-        params = parse_params(rest) if rest.strip() else {}
+        params = parse_params(rest) if rest else {}
         return NameAddr(uri, display, params)
     # addr-spec: the URI ends at the first ';' and may not contain ',', '?' or whitespace.
     uri_text, semi, ptext = value.partition(";")
-    uri_text = uri_text.rstrip()
+    uri_text = uri_text.rstrip(" \t")
     if any(c in uri_text for c in ",? \t"):
         raise SipParseError(f"URI with ',', '?' or spaces must be in <>: {uri_text[:60]!r}")
     uri = parse_uri(uri_text)
@@ -418,6 +581,7 @@ def parse_name_addr(value: str) -> NameAddr:
 # --------------------------------------------------------------------------------------- CSeq
 
 MAX_CSEQ = 2**31 - 1
+_CSEQ_RE = re.compile(rf"([0-9]{{1,10}})[ \t]+([{_TOKEN_CHARS}]+)\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +602,11 @@ def parse_cseq(value: str) -> CSeq:
         SipParseError: not two fields, a number that is not digits or ``>= 2**31``
             (RFC 3261 §8.1.1.5), or a method that is not a token.
     """
+    m = _CSEQ_RE.match(value)
+    if m is not None:
+        number = int(m.group(1))
+        if number <= MAX_CSEQ:
+            return CSeq(number, m.group(2))
     parts = value.split()
     if len(parts) != 2:
         raise SipParseError(f"bad CSeq {value[:40]!r}")

@@ -11,12 +11,16 @@ Two steps, so that the hot path stays cheap while malformed input is still caugh
   request method, numeric bounds.
 
 Both raise only :class:`~sipstack.errors.SipParseError`, whose ``status`` is the response to send
-(400, 505, 513); for a response the caller discards the message.
+(400, 505); for a response the caller discards the message.
+
+Well-known header names are written back in their canonical spelling (``v`` and ``VIA`` become
+``Via``); other names keep the spelling they were received with.
 """
 
 from __future__ import annotations
 
 import re
+from itertools import repeat
 
 from .errors import SipParseError
 from .headers import COMPACT_FORMS, SINGLE_VALUED, canonical_name
@@ -25,12 +29,31 @@ from .message import Message, Request, Response
 __all__ = ["parse_message", "validate_request", "validate_response"]
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
-_VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
+_VERSION_RE = re.compile(r"SIP/([0-9]+)\.([0-9]+)\Z", re.IGNORECASE)
+_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
+_LINE_END_RE = re.compile(r"\r?\n")
+
+_WELL_KNOWN = frozenset(
+    {
+        "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
+        "content-type", "expires", "route", "record-route", "allow", "supported", "require",
+        "proxy-require", "unsupported", "authorization", "www-authenticate",
+        "proxy-authenticate", "proxy-authorization", "user-agent", "server", "event",
+        "subscription-state", "accept", "path", "service-route", "allow-events",
+        "content-encoding", "subject", "refer-to", "referred-by", "min-expires",
+        "retry-after", "date", "timestamp", "warning",
+    }
+)
 _known_names: dict[str, tuple[str, str]] = {}
+_MAX_KNOWN = 2048
 
 
 def _header_name(raw: str) -> tuple[str, str]:
-    """(key, wire name) for a raw header name; raises SipParseError if it is not a token."""
+    """(key, wire name) for a raw header name (as between line start and ``:``).
+
+    Raises:
+        SipParseError: the name is not a token (RFC 3261 §7.3.1, §25.1).
+    """
     known = _known_names.get(raw)
     if known is not None:
         return known
@@ -43,113 +66,155 @@ def _header_name(raw: str) -> tuple[str, str]:
         wire = canonical_name(key)
     else:
         wire = canonical_name(key) if key in _WELL_KNOWN else name
-    if len(_known_names) < 2048:
+    if len(_known_names) < _MAX_KNOWN:
         _known_names[raw] = (key, wire)
     return key, wire
 
 
-_WELL_KNOWN = frozenset(
-    {
-        "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length",
-        "content-type", "expires", "route", "record-route", "allow", "supported", "require",
-        "authorization", "www-authenticate", "proxy-authenticate", "proxy-authorization",
-        "user-agent", "server", "event", "subscription-state", "accept", "path",
-    }
-)
+# Seed the cache with the usual spellings, so that a flood of odd names cannot push them out.
+for _key in sorted(_WELL_KNOWN):
+    for _spelling in (_key, canonical_name(_key), _key.upper(), _key.title()):
+        _header_name(_spelling)
+for _compact in COMPACT_FORMS:
+    _header_name(_compact)
+    _header_name(_compact.upper())
 
 
-def parse_message(data: bytes | bytearray | memoryview, *, datagram: bool = False) -> Request | Response:
+def parse_message(
+    data: bytes | bytearray | memoryview, *, datagram: bool = False
+) -> Request | Response:
     """Parse one SIP message.
 
     Args:
         data: the message bytes. Leading CRLFs are ignored (RFC 3261 §7.5). Octets after
-            Content-Length bytes of body are ignored (RFC 4475 §3.1.1.8, datagrams).
-        datagram: ``True`` for UDP. Either way a Content-Length larger than the body is an
-            error (400): on streams the framer (:mod:`sipstack.framing`) has already waited
-            for the whole message. Without a Content-Length the rest of ``data`` is the body.
+            Content-Length bytes of body are ignored (RFC 4475 §3.1.1.8, datagrams). Bare-LF
+            line ends are accepted (leniency); a bare CR is not.
+        datagram: ``True`` for UDP: the datagram is the whole message, so a header block
+            without its final empty line is accepted (RFC 4475 §3.1.2.15 as printed). Either
+            way a Content-Length larger than the body is an error (400): on streams the framer
+            (:mod:`sipstack.framing`) has already waited for the whole message. Without a
+            Content-Length the rest of ``data`` is the body.
 
     Returns:
-        :class:`Request` or :class:`Response`; header values unparsed (lazy).
+        :class:`Request` or :class:`Response`; header values unparsed (lazy), unfolded and
+        stripped of surrounding SP/HT.
 
     Raises:
         SipParseError: 400 for bad framing, start line or header syntax; 505 for a SIP version
-            other than 2.0 (RFC 3261 §8.2.4 ... §21.5.6).
+            other than 2.0 (RFC 3261 §8.2.4 ... §21.5.6, RFC 4475 §3.1.2.16).
     """
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     start = 0
-    while data.startswith(b"\r\n", start):
-        start += 2
+    if data[:2] == b"\r\n":
+        while data.startswith(b"\r\n", start):
+            start += 2
     end = data.find(b"\r\n\r\n", start)
     if end >= 0:
         head = data[start:end].decode("utf-8", "surrogateescape")
-        body = data[end + 4 :]
         lines = head.split("\r\n")
+        n = len(lines) - 1
+        headers = None
+        if head.count("\n") == n and head.count("\r") == n:
+            # Fast path: every name seen before (so a valid token), no folding, no bare CR/LF.
+            known = _known_names
+            try:
+                headers = [
+                    known[name] + (value.strip(" \t"),)
+                    for name, colon, value in map(str.partition, lines[1:], repeat(":"))
+                    if colon
+                ]
+            except KeyError:
+                headers = None
+            else:
+                if len(headers) != n:
+                    headers = None
+        if headers is None:
+            headers = _parse_headers(_unfold(lines))
+        body = data[end + 4 :]
     else:
-        # Lenient: bare-LF line ends.
-        end = data.find(b"\n\n", start)
-        if end >= 0:
-            body = data[end + 2 :]
-        elif datagram:
-            # A datagram is the whole message: take its end as the end of the header block
-            # (the blank line is missing, as in RFC 4475 §3.1.2.15 as printed).
-            end = len(data)
-            body = b""
-        else:
-            raise SipParseError("incomplete header block (no empty line)")
-        head = data[start:end].rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        lines = head.replace("\r\n", "\n").split("\n")
-    if not lines or not lines[0]:
+        lines, body = _split_lenient(data, start, datagram)
+        headers = _parse_headers(lines)
+    first = lines[0]
+    if not first:
         raise SipParseError("empty start line")
 
-    # RFC 3261 §7.3.1: a line starting with SP/HT continues the previous one.
-    if any(line[:1] in (" ", "\t") for line in lines[1:]):
-        folded: list[str] = []
-        for line in lines[1:]:
-            if line[:1] in (" ", "\t"):
-                if not folded:
-                    raise SipParseError("continuation line before the first header")
-                folded[-1] = folded[-1].rstrip(" \t") + " " + line.strip(" \t")
-            else:
-                folded.append(line)
-        header_lines = folded
-    else:
-        header_lines = lines[1:]
-
-    headers: list[tuple[str, str, str]] = []
-    append = headers.append
-    content_length: str | None = None
-    for line in header_lines:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise SipParseError(f"header line without ':' {line[:40]!r}")
-        key, wire = _header_name(name)
-        value = value.strip(" \t")
+    # Content-Length is usually last; a second one is rejected by validate_*() (RFC 4475 §3.3.9).
+    for key, _, value in reversed(headers):
         if key == "content-length":
-            if content_length is not None:
-                raise SipParseError("more than one Content-Length")  # RFC 4475 §3.3.9
-            content_length = value
-        append((key, wire, value))
+            if not value.isdigit() or not value.isascii() or len(value) > 10:
+                raise SipParseError(f"bad Content-Length {value[:20]!r}")
+            length = int(value)
+            if length != len(body):
+                if length > len(body):
+                    raise SipParseError("Content-Length larger than the body received")
+                body = body[:length]
+            break
 
-    if content_length is not None:
-        if not content_length.isdigit() or not content_length.isascii() or len(content_length) > 10:
-            raise SipParseError(f"bad Content-Length {content_length[:20]!r}")
-        length = int(content_length)
-        if length > len(body):
-            raise SipParseError("Content-Length larger than the body received")
-        if length < len(body):
-            body = body[:length]
-
-    first = lines[0]
-    if first.startswith("SIP/"):
+    if first[:4] == "SIP/":
         return _response(first, headers, body)
     return _request(first, headers, body)
 
 
+def _parse_headers(lines: list[str]) -> list[tuple[str, str, str]]:
+    """Header fields of unfolded ``lines`` (``lines[0]`` is the start line)."""
+    headers: list[tuple[str, str, str]] = []
+    for i in range(1, len(lines)):
+        name, colon, value = lines[i].partition(":")
+        if not colon:
+            raise SipParseError(f"header line without ':' {lines[i][:40]!r}")
+        key, wire = _header_name(name)
+        headers.append((key, wire, value.strip(" \t")))
+    return headers
+
+
+def _split_lenient(data: bytes, start: int, datagram: bool) -> tuple[list[str], bytes]:
+    """Header lines and body when line ends are not all CRLF (bare LF accepted)."""
+    m = _BLANK_LINE_RE.search(data, start)
+    if m is not None:
+        end = m.start()
+        body = data[m.end() :]
+    elif datagram:
+        # A datagram is the whole message: take its end as the end of the header block
+        # (the blank line is missing, as in RFC 4475 §3.1.2.15 as printed).
+        end = len(data)
+        body = b""
+    else:
+        raise SipParseError("incomplete header block (no empty line)")
+    head = data[start:end].decode("utf-8", "surrogateescape")
+    if head.endswith("\r\n"):
+        head = head[:-2]
+    elif head.endswith("\n"):
+        head = head[:-1]
+    lines = _LINE_END_RE.split(head)
+    for line in lines:
+        if "\r" in line:
+            raise SipParseError("bare CR in the header block")
+    return _unfold(lines), body
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    """RFC 3261 §7.3.1: a line starting with SP/HT continues the previous one."""
+    if not any(line[:1] in (" ", "\t") for line in lines):
+        return lines
+    out = [lines[0]]
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if len(out) == 1:
+                raise SipParseError("continuation line before the first header")
+            out[-1] = out[-1].rstrip(" \t") + " " + line.strip(" \t")
+        else:
+            out.append(line)
+    return out
+
+
 def _check_version(version: str) -> str:
+    if version == "SIP/2.0":
+        return version
     m = _VERSION_RE.match(version)
     if m is None:
         raise SipParseError(f"bad SIP version {version[:20]!r}")
-    if m.group(1) != "2" or m.group(2) != "0":
+    if int(m.group(1)) != 2 or int(m.group(2)) != 0:
         raise SipParseError(f"SIP version {version[:20]} not supported", 505)
     return "SIP/2.0"
 
@@ -177,7 +242,7 @@ def _response(line: str, headers: list[tuple[str, str, str]], body: bytes) -> Re
 
 def _validate_common(msg: Message) -> None:
     seen: set[str] = set()
-    for key, _, value in msg.headers:
+    for key, _, _ in msg._headers:
         if key in SINGLE_VALUED:
             if key in seen:
                 raise SipParseError(f"more than one {canonical_name(key)}")  # RFC 4475 §3.3.8
@@ -193,11 +258,14 @@ def _validate_common(msg: Message) -> None:
 def validate_request(req: Request) -> None:
     """Parse and check what every element needs of a request (RFC 3261 §8.2, §16.3).
 
-    Checks: exactly one From, To, Call-ID, CSeq, Max-Forwards, Content-Length, Content-Type;
-    all Vias parse; CSeq number ``< 2**31`` and CSeq method == request method (RFC 4475
-    §3.1.2.17); Max-Forwards 0..255; Expires ``< 2**32``; every Contact parses; the
-    Request-URI is a URI, and a SIP Request-URI carries no ``?headers`` (RFC 3261 §19.1.5).
-    The Request-URI *scheme* is not checked here: that is the element's 416 decision.
+    Checks: at most one From, To, Call-ID, CSeq, Max-Forwards, Content-Length, Content-Type,
+    and From, To, Call-ID, CSeq and a Via present (RFC 4475 §3.3.1, §3.3.8); all Vias parse;
+    CSeq number ``< 2**31`` and CSeq method == request method (RFC 4475 §3.1.2.17);
+    Max-Forwards 0..255; Expires ``< 2**32``; every Contact parses, with ``expires``
+    ``< 2**32``, a valid ``q`` and ``reg-id``; the Request-URI is a URI, and a SIP
+    Request-URI carries no ``?headers`` (RFC 3261 §19.1.5, RFC 4475 §3.1.2.11).
+    The Request-URI *scheme* is not checked here: that is the element's 416 decision, nor is
+    the Contact ``*`` rule of RFC 3261 §10.3 step 6 (the registrar's).
 
     Raises:
         SipParseError: with status 400.
@@ -209,18 +277,18 @@ def validate_request(req: Request) -> None:
     req.expires  # noqa: B018
     if "contact" in req:
         for contact in req.contacts:
-            params = contact.params
-            if "expires" in params:
-                value = params["expires"]
-                if value is None or not value.isdigit() or len(value) > 10 or int(value) > 2**32 - 1:
-                    raise SipParseError("bad Contact expires")
+            if contact.params:
+                contact.expires  # noqa: B018
+                contact.q  # noqa: B018
+                contact.reg_id  # noqa: B018
     ruri = req.request_uri
     if getattr(ruri, "headers", None):
         raise SipParseError("headers are not allowed in a Request-URI")
 
 
 def validate_response(resp: Response) -> None:
-    """Parse and check what a client transaction needs of a response (RFC 3261 §8.1.3, §18.1.2).
+    """Parse and check what a client transaction needs of a response (RFC 3261 §8.1.3, §18.1.2):
+    the same header checks as :func:`validate_request` for Via, From, To, Call-ID, CSeq.
 
     Raises:
         SipParseError: the response must be discarded.

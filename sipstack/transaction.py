@@ -616,6 +616,12 @@ class ServerTransaction(Transaction):
         super().__init__(request, source, reliable, config, _server_key(request), initial)
 
     @property
+    def rfc2543(self) -> bool:
+        """True when the request's branch has no usable magic cookie, so the transaction is
+        matched the RFC 2543 way (RFC 3261 §17.2.3)."""
+        return not has_magic_cookie(self.request.top_via.branch)
+
+    @property
     def source(self) -> Any:
         """Where the request came from (responses are sent there); same as ``dest``."""
         return self.dest
@@ -796,7 +802,7 @@ class TransactionLayer:
             if isinstance(txn, ServerTransaction):
                 if self._server.get(txn.key) is txn:
                     del self._server[txn.key]
-                if txn.is_invite and txn.key[0] == "2543":
+                if txn.is_invite and txn.rfc2543:
                     ack_key = _ack_key_2543(txn.request)
                     if self._ack2543.get(ack_key) is txn:
                         del self._ack2543[ack_key]
@@ -878,7 +884,7 @@ class TransactionLayer:
             return [TransmitMessage(busy, source, reliable)]
         txn = ServerTransaction(request, source, reliable, self.config)
         self._server[txn.key] = txn
-        if txn.is_invite and txn.key[0] == "2543":
+        if txn.is_invite and txn.rfc2543:
             self._ack2543[_ack_key_2543(request)] = txn
         events: list[Event]
         if request.method == "CANCEL":

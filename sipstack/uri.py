@@ -108,7 +108,8 @@ class SipUri:
         return text
 
     def param(self, name: str) -> str | None:
-        """Value of uri-parameter ``name`` (case-insensitive); ``""`` for a flag; ``None`` if absent."""
+        """Value of uri-parameter ``name`` (case-insensitive): ``""`` for a flag, ``None`` if
+        absent."""
         params = self.params
         if name in params:
             value = params[name]

@@ -13,6 +13,7 @@ can be addressed, otherwise dropped and logged; a malformed response is dropped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -25,6 +26,23 @@ from ..framing import FramingLimits
 from ..headers import split_commas
 from ..message import Request, Response, make_response
 from ..parser import parse_message, validate_request, validate_response
+from ..transaction import (
+    AckReceived,
+    CancelReceived,
+    ClientTransaction,
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    StrayResponse,
+    TransactionLayer,
+    TransactionStateError,
+    TransactionTerminated,
+    TransactionTimeout,
+    TransactionTransportError,
+    TransmitMessage,
+    new_branch,
+)
 from .datagram import DatagramEndpoint
 from .flows import Address, Flow, FlowTable, ListenSpec
 from .stream import StreamConnection
@@ -85,6 +103,11 @@ class SipEndpoint:
         self.listening: list[tuple[ListenSpec, Address]] = []
         self.stats = {"received": 0, "malformed": 0, "dropped": 0, "sent": 0}
         self.on_flow_closed_hooks: list[Callable[[Flow], None]] = []
+        self.transactions = TransactionLayer()
+        self._pending: dict[ClientTransaction, asyncio.Future[Response]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------------ listeners
     async def listen(self, spec: ListenSpec) -> Address:
@@ -103,10 +126,8 @@ class SipEndpoint:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-                    except OSError:
-                        pass
             bound = transport.get_extra_info("sockname")
             self._udp[(bound[0], bound[1])] = proto
         else:
@@ -144,10 +165,8 @@ class SipEndpoint:
         for udp in self._udp.values():
             udp.close()
         for server in self._servers:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass
         self._servers.clear()
         self._udp.clear()
 
@@ -157,14 +176,17 @@ class SipEndpoint:
 
     def on_flow_closed(self, flow: Flow) -> None:
         self.flows.remove(flow)
+        self._process(self.transactions.transport_error(flow, self._now()), flow)
         for hook in self.on_flow_closed_hooks:
             hook(flow)
 
-    def on_framing_error(self, flow: Flow, status: int, reason: str) -> None:
+    def on_framing_error(self, flow: Flow, status: int, reason: str, head: bytes = b"") -> None:
         self.stats["malformed"] += 1
         log.warning(
             "framing error from %s %s:%s: %s %s", flow.transport, *flow.remote, status, reason
         )
+        if head:  # the header block arrived whole: answer (513, 400) before the flow closes
+            self._answer_from_head(head, flow, status, reason)
 
     def on_message(self, data: bytes, flow: Flow) -> None:
         """Parse, validate and dispatch one message. Never raises."""
@@ -186,14 +208,12 @@ class SipEndpoint:
                     self.stats["malformed"] += 1
                     log.info("dropped malformed response from %s:%s: %s", *flow.remote, exc.reason)
                     return
-                self.handler.handle_response(msg, flow)
+                self._process(self.transactions.receive_response(msg, flow, self._now()), flow)
         except Exception:  # a bug in a service must not stop the FE (DESIGN.md §5)
             log.exception("error handling a message from %s %s:%s", flow.transport, *flow.remote)
             if isinstance(msg, Request) and msg.method != "ACK":
-                try:
+                with contextlib.suppress(Exception):
                     self.send_response(make_response(msg, 500), flow)
-                except Exception:
-                    pass
 
     def _on_request(self, req: Request, flow: Flow, size: int) -> None:
         if size > self.config.limits.max_message_size:
@@ -206,15 +226,140 @@ class SipEndpoint:
             self.stats["malformed"] += 1
             log.info(
                 "malformed %s from %s %s:%s: %s",
-                req.method, flow.transport, *flow.remote, exc.reason,
+                req.method,
+                flow.transport,
+                *flow.remote,
+                exc.reason,
             )
             if req.method != "ACK":
                 self._answer_error(req, flow, exc)
             return
         self._stamp_via(req, flow)
-        response = self.handler.handle_request(req, flow)
-        if response is not None:
-            self.send_response(response, flow)
+        self._process(
+            self.transactions.receive_request(req, flow, self._now(), reliable=flow.reliable), flow
+        )
+
+    # ----------------------------------------------------------------- transactions
+    def _now(self) -> float:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
+
+    def _process(self, events: list[Event], flow: Flow) -> None:
+        """Carry out the transaction layer's events (sans-I/O → I/O)."""
+        for event in events:
+            kind = type(event)
+            if kind is TransmitMessage:
+                assert isinstance(event, TransmitMessage)
+                message = event.message
+                if isinstance(message, Response):
+                    self._send_raw_response(message, event.dest)
+                else:
+                    self._send_request_bytes(message, event.dest)
+            elif kind is RequestReceived:
+                assert isinstance(event, RequestReceived)
+                response = self.handler.handle_request(event.request, flow)
+                if response is not None:
+                    self.respond(event.transaction, response)
+            elif kind is AckReceived:
+                assert isinstance(event, AckReceived)
+                self.handler.handle_request(event.request, flow)
+            elif kind is CancelReceived:
+                assert isinstance(event, CancelReceived)
+                self._on_cancel(event)
+            elif kind is ResponseReceived:
+                assert isinstance(event, ResponseReceived)
+                if event.response.status >= 200:
+                    self._resolve(event.transaction, event.response)
+            elif kind is StrayResponse:
+                assert isinstance(event, StrayResponse)
+                self.handler.handle_response(event.response, flow)
+            elif kind is TransactionTimeout or kind is TransactionTransportError:
+                txn = event.transaction  # type: ignore[attr-defined]
+                if isinstance(txn, ClientTransaction):
+                    status = 408 if kind is TransactionTimeout else 503
+                    self._resolve(txn, make_response(txn.request, status))
+            elif kind is TransactionTerminated:
+                txn = event.transaction  # type: ignore[attr-defined]
+                if isinstance(txn, ClientTransaction):
+                    self._resolve(txn, make_response(txn.request, 408))
+        self._arm()
+
+    def _on_cancel(self, event: CancelReceived) -> None:
+        """RFC 3261 §9.2: 481 without a matching INVITE; else 200 to the CANCEL and, if the
+        INVITE has no final response yet, 487 to the INVITE."""
+        cancel = event.cancel
+        invite = event.invite_transaction
+        if invite is None:
+            self.respond(event.transaction, make_response(cancel, 481))
+            return
+        self.respond(event.transaction, make_response(cancel, 200))
+        last = invite.last_response
+        if last is None or last.status < 200:
+            with contextlib.suppress(TransactionStateError):
+                self.respond(invite, make_response(invite.request, 487))
+
+    def respond(self, transaction: ServerTransaction, response: Response) -> None:
+        """Send ``response`` through a server transaction (retransmissions are then absorbed
+        by resending it, RFC 3261 §17.2). A transaction that has ended is logged, not raised."""
+        try:
+            events = self.transactions.send_response(transaction, response, self._now())
+        except TransactionStateError:
+            log.debug("response %s for an ended transaction dropped", response.status)
+            return
+        self._process(events, transaction.source)
+
+    def _resolve(self, txn: ClientTransaction, response: Response) -> None:
+        future = self._pending.pop(txn, None)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    def _arm(self) -> None:
+        deadline = self.transactions.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self._process(self.transactions.tick(self._now()), None)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("transaction timer failed")
+            self._arm()
+
+    async def request(self, request: Request, flow: Flow) -> Response:
+        """Send a request in a client transaction over ``flow`` and wait for its final
+        response. A timeout (Timer B/F) gives a synthesised ``408``, a transport failure a
+        ``503`` (RFC 3261 §8.1.3.1). The request needs a top Via from :meth:`via_for`."""
+        txn, events = self.transactions.send_request(request, flow, flow.reliable, self._now())
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[txn] = future
+        self._process(events, flow)
+        return await future
+
+    @staticmethod
+    def via_for(flow: Flow) -> str:
+        """A Via value for a request sent over ``flow``, with a fresh branch and ``rport``."""
+        host, port = flow.local
+        if ":" in host:
+            host = f"[{host}]"
+        return f"SIP/2.0/{flow.via_transport} {host}:{port};branch={new_branch()};rport"
+
+    def _send_request_bytes(self, request: Request, flow: Flow) -> None:
+        if flow.closed:
+            self.stats["dropped"] += 1
+            return
+        flow.send(request.encode())
+        self.stats["sent"] += 1
 
     def _stamp_via(self, req: Request, flow: Flow) -> None:
         """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""
@@ -238,6 +383,10 @@ class SipEndpoint:
                     break
 
     def _answer_error(self, req: Request, flow: Flow, exc: SipParseError) -> None:
+        # received/rport first, so that the error goes where a success would (RFC 3581 §4);
+        # a Via too broken to stamp is answered to the source by _send_raw_response.
+        with contextlib.suppress(SipParseError, IndexError, ValueError):
+            self._stamp_via(req, flow)
         resp = make_response(req, exc.status)
         reason = exc.reason.replace('"', "'").replace("\\", "/")[:200]
         resp.add("Warning", f'399 {self.config.warning_agent} "{reason}"')
@@ -249,14 +398,22 @@ class SipEndpoint:
         self.stats["malformed"] += 1
         log.info(
             "unparsable message from %s %s:%s: %s (%d bytes)",
-            flow.transport, *flow.remote, exc.reason, len(data),
+            flow.transport,
+            *flow.remote,
+            exc.reason,
+            len(data),
         )
+        self._answer_from_head(data, flow, exc.status, exc.reason)
+
+    def _answer_from_head(self, data: bytes, flow: Flow, status: int, reason: str) -> None:
+        """Answer ``status`` to a request that cannot be parsed, copying the headers a response
+        needs from its header block (``data`` may include a body). Responses are dropped."""
         head = data.split(b"\r\n\r\n", 1)[0]
         first = head.split(b"\r\n", 1)[0]
         if first.startswith(b"SIP/") or not first:
             return  # a response: discard (RFC 3261 §18.1.2)
         # Copy the headers a response needs, line by line, if they are readable.
-        resp = Response(exc.status)
+        resp = Response(status)
         wanted = {b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"}
         for line in head.split(b"\r\n")[1:]:
             name, colon, value = line.partition(b":")
@@ -267,7 +424,7 @@ class SipEndpoint:
                     continue
         if "via" not in resp and flow.transport == "udp":
             return
-        resp.add("Warning", f'399 {self.config.warning_agent} "{exc.reason[:200]}"'.replace("\\", "/"))
+        resp.add("Warning", f'399 {self.config.warning_agent} "{reason[:200]}"'.replace("\\", "/"))
         resp.add("Content-Length", "0")
         self._send_raw_response(resp, flow)
 
@@ -300,7 +457,9 @@ class SipEndpoint:
                 self.stats["sent"] += 1
             else:
                 self.stats["dropped"] += 1
-                log.info("response %s dropped: connection to %s:%s closed", response.status, host, port)
+                log.info(
+                    "response %s dropped: connection to %s:%s closed", response.status, host, port
+                )
             return
         dest = flow.remote
         try:
@@ -335,7 +494,9 @@ class SipEndpoint:
             return udp.flow_to(dest)
         return None
 
-    async def connect(self, transport: str, host: str, port: int, server_hostname: str | None = None) -> Flow:
+    async def connect(
+        self, transport: str, host: str, port: int, server_hostname: str | None = None
+    ) -> Flow:
         """Open (or reuse) a TCP/TLS connection to ``host:port`` and return its flow.
 
         Raises:

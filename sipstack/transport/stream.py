@@ -27,13 +27,14 @@ log = logging.getLogger("sipstack.transport")
 
 
 class FlowSink(Protocol):
-    """What a transport delivers to (implemented by :class:`~sipstack.transport.endpoint.SipEndpoint`)."""
+    """What a transport delivers to (the :class:`~sipstack.transport.endpoint.SipEndpoint`)."""
 
     def on_message(self, data: bytes, flow: Flow) -> None:
         """One complete message arrived on ``flow``."""
 
-    def on_framing_error(self, flow: Flow, status: int, reason: str) -> None:
-        """A fatal framing error: answer ``status`` if possible; the flow is then closed."""
+    def on_framing_error(self, flow: Flow, status: int, reason: str, head: bytes = b"") -> None:
+        """A fatal framing error: answer ``status`` if possible (``head`` is the offending
+        message's header block when it arrived whole, else ``b""``); the flow is then closed."""
 
     def on_flow_opened(self, flow: Flow) -> None:
         """A connection was accepted or established."""
@@ -74,8 +75,8 @@ class StreamConnection(asyncio.Protocol):
             cert = ssl_object.getpeercert() if ssl_object is not None else None
         self.flow = Flow(
             self.name,
-            (peer[0], peer[1]),
-            (sock[0], sock[1]),
+            (sock[0], sock[1]),  # local
+            (peer[0], peer[1]),  # remote
             self._write,
             self.close,
             peer_cert=cert,
@@ -95,7 +96,7 @@ class StreamConnection(asyncio.Protocol):
             elif kind is KeepAlivePing:
                 self._write(b"\r\n")
             elif kind is FramingError:
-                self._sink.on_framing_error(flow, event.status, event.reason)  # type: ignore[union-attr]
+                self._sink.on_framing_error(flow, event.status, event.reason, event.head)  # type: ignore[union-attr]
                 self.close()
                 return
         self._schedule()
@@ -146,7 +147,9 @@ class StreamConnection(asyncio.Protocol):
             if isinstance(event, Timeout):
                 log.info(
                     "closing %s flow %s:%s: %s timeout",
-                    self.name, *(self.flow.remote if self.flow else ("?", 0)), event.kind,
+                    self.name,
+                    *(self.flow.remote if self.flow else ("?", 0)),
+                    event.kind,
                 )
                 self.close()
                 return
