@@ -1,7 +1,9 @@
 """The ``registrar`` command line.
 
-``registrar serve``       run one front end (FE) process
-``registrar certs init``  make the CA and FE certificates
+``registrar serve``          run one front end (FE) process
+``registrar certs init``     make the CA and FE certificates
+``registrar users ...``      manage the user directory (add, import, list, remove, set-password)
+``registrar bindings AOR``   show a running FE's bindings for an AOR
 
 Every command exits 0 on success, 1 on a runtime error and 2 on bad usage or configuration;
 configuration errors name the option (or file and key) and the fix.
@@ -11,15 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import re
 import sys
 from pathlib import Path
 
 from sipstack.framing import FramingLimits
 from sipstack.transport.flows import parse_listen
 
-from . import __version__, certs
+from . import __version__, certs, users
+from .admin import fetch_json, quote
+from .register import RegistrarSettings
 from .server import FrontEndConfig, run_frontend
+from .users import normalize_aor
 
 __all__ = ["build_parser", "main"]
 
@@ -71,6 +78,63 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SECONDS",
         help="close connections idle this long (default 300)",
     )
+    reg = serve.add_argument_group("registrar (RFC 3261 §10.3)")
+    reg.add_argument(
+        "--users-db",
+        type=Path,
+        help="user directory (SQLite, see 'registrar users'); default STATE_DIR/users.db",
+    )
+    reg.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("state"),
+        help="where bindings (location.db) and the nonce secret live (default ./state)",
+    )
+    reg.add_argument(
+        "--auth",
+        choices=["digest", "off"],
+        default="digest",
+        help="digest (default) or off: off lets anyone register any AOR (benchmarks, networks "
+        "that authenticate elsewhere); it logs a warning",
+    )
+    reg.add_argument(
+        "--digest-algorithms",
+        default="SHA-256,MD5",
+        metavar="LIST",
+        help="digest challenge algorithms, most preferred first (default SHA-256,MD5; "
+        "use MD5,SHA-256 or MD5 for clients that read only the first challenge, e.g. sipp)",
+    )
+    reg.add_argument(
+        "--min-expires",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="shortest registration accepted; shorter gets 423 (default 60)",
+    )
+    reg.add_argument(
+        "--max-expires",
+        type=int,
+        default=7200,
+        metavar="SECONDS",
+        help="longest registration granted (default 7200)",
+    )
+    reg.add_argument(
+        "--default-expires",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="expiry when the client asks none (default 3600)",
+    )
+    reg.add_argument(
+        "--max-contacts", type=int, default=10, help="bindings per AOR; more get 403 (default 10)"
+    )
+    serve.add_argument(
+        "--admin",
+        default="127.0.0.1:5080",
+        metavar="HOST:PORT",
+        help="admin API (JSON status, bindings, Prometheus metrics) address, or 'off' "
+        "(default 127.0.0.1:5080)",
+    )
     serve.add_argument(
         "--log-level",
         default="info",
@@ -87,13 +151,19 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         listen = [parse_listen(text) for text in (args.listen or ["tls:127.0.0.1:5061"])]
+    except ValueError as exc:
+        print(f"registrar serve: --listen: {exc}", file=sys.stderr)
+        return 2
+    try:
         limits = FramingLimits(
             max_message_size=args.max_message_size,
             header_timeout=args.header_timeout,
             idle_timeout=args.idle_timeout,
         )
     except ValueError as exc:
-        print(f"registrar serve: {exc}", file=sys.stderr)
+        # Name the option, not the dataclass field ("FramingLimits.header_timeout must be > 0").
+        message = re.sub(r"FramingLimits\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
+        print(f"registrar serve: {message}", file=sys.stderr)
         return 2
     needs_tls = any(spec.transport == "tls" for spec in listen)
     if needs_tls and (args.cert is None or args.key is None):
@@ -108,6 +178,30 @@ def _serve(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             print(f"registrar serve: --{option} {path}: no such file", file=sys.stderr)
             return 2
+    bounds = (args.min_expires, args.default_expires, args.max_expires)
+    if not 0 < args.min_expires <= args.default_expires <= args.max_expires:
+        print(
+            "registrar serve: need 0 < --min-expires <= --default-expires <= --max-expires "
+            f"(got {bounds[0]}, {bounds[1]}, {bounds[2]})",
+            file=sys.stderr,
+        )
+        return 2
+    algorithms = tuple(a.strip().upper() for a in args.digest_algorithms.split(",") if a.strip())
+    if not algorithms or any(a not in ("MD5", "SHA-256") for a in algorithms):
+        print(
+            f"registrar serve: --digest-algorithms {args.digest_algorithms!r}: use MD5 and/or "
+            "SHA-256, comma-separated, e.g. SHA-256,MD5",
+            file=sys.stderr,
+        )
+        return 2
+    if args.max_contacts < 1:
+        print("registrar serve: --max-contacts must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        admin = None if args.admin == "off" else _host_port(args.admin)
+    except ValueError as exc:
+        print(f"registrar serve: --admin: {exc}", file=sys.stderr)
+        return 2
     config = FrontEndConfig(
         listen=listen,
         cert=args.cert,
@@ -115,6 +209,17 @@ def _serve(args: argparse.Namespace) -> int:
         ca=args.ca,
         domains=[d.lower() for d in args.domain],
         limits=limits,
+        users_db=args.users_db or args.state_dir / "users.db",
+        state_dir=args.state_dir,
+        registrar=RegistrarSettings(
+            min_expires=args.min_expires,
+            max_expires=args.max_expires,
+            default_expires=args.default_expires,
+            max_contacts=args.max_contacts,
+            auth=args.auth,
+            digest_algorithms=algorithms,
+        ),
+        admin=admin,
     )
     if args.fqdn:
         config.fqdn = args.fqdn
@@ -126,6 +231,63 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"registrar serve: {exc}", file=sys.stderr)
         return 2
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` too). Raises ValueError naming the expected form."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:5080)")
+    return host, int(port)
+
+
+def _add_bindings(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = subparsers.add_parser(
+        "bindings",
+        help="show a running FE's bindings for an AOR",
+        description="Ask a running FE (its admin API) for the bindings of one AOR.",
+    )
+    cmd.add_argument("aor", help="the address-of-record, e.g. sip:alice@contoso.com")
+    cmd.add_argument(
+        "--admin",
+        default="127.0.0.1:5080",
+        metavar="HOST:PORT",
+        help="the FE's admin API (default 127.0.0.1:5080)",
+    )
+    cmd.add_argument("--json", action="store_true", help="print JSON")
+    cmd.set_defaults(func=_bindings)
+
+
+def _bindings(args: argparse.Namespace) -> int:
+    try:
+        aor = normalize_aor(args.aor)
+        rows = fetch_json(args.admin, f"/bindings?aor={quote(aor)}")
+    except ValueError as exc:
+        print(f"registrar bindings: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"registrar bindings: cannot reach the FE admin API at {args.admin}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"{aor}: no bindings")
+        return 0
+    print(f"{aor}: {len(rows)} binding(s)")
+    for row in rows:
+        extra = []
+        if row.get("instance_id"):
+            extra.append(f"instance {row['instance_id']} reg-id {row.get('reg_id')}")
+        if row.get("backup"):
+            extra.append("backup mode")
+        tail = f"  ({'; '.join(extra)})" if extra else ""
+        print(f"  {row['contact']}  expires {row['expires']}s  via {row['source']}{tail}")
+    return 0
 
 
 def _run(coro: object) -> int:
@@ -146,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     certs.add_cli(sub)
+    users.add_cli(sub)
+    _add_bindings(sub)
     return parser
 
 

@@ -68,6 +68,9 @@ class RegistrarSettings:
         default_expires: expiry when neither the Contact nor the request gives one.
         max_contacts: bindings per AOR (``403`` beyond).
         auth: ``"digest"`` or ``"off"``.
+        digest_algorithms: challenge algorithms, most preferred first (RFC 8760 §2.4):
+            ``("SHA-256", "MD5")`` by default; clients that read only the first challenge and
+            know only MD5 (sipp 3.6, older phones) need ``("MD5", ...)`` first.
         max_failures, failure_window, cooldown: authentication failure rate limit, per source
             address (``max_failures * 5``) and per AOR (``max_failures``).
     """
@@ -78,6 +81,7 @@ class RegistrarSettings:
     default_expires: int = 3600
     max_contacts: int = 10
     auth: str = "digest"
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     max_failures: int = 10
     failure_window: float = 60.0
     cooldown: float = 60.0
@@ -101,10 +105,12 @@ class RegisterService:
         nonce_secret: HMAC key for stateless nonces (keep it across restarts so outstanding
             nonces stay valid).
         clock: wall clock in seconds (``time.time``).
+        server_header: the ``Server`` header value of responses.
+
+    Attributes:
         decide: optional pool hook ``(request, aor) -> Response | None`` run after
-            authentication of the To AOR's domain and before any change: a non-None response
-            (``301`` to the AOR's current registrar, ``503`` quorum guard) is returned as is
-            (DESIGN.md §4).
+            authentication and before any change: a non-None response (``301`` to the AOR's
+            current registrar, ``503`` quorum guard) is returned as is (DESIGN.md §4).
     """
 
     def __init__(
@@ -125,7 +131,10 @@ class RegisterService:
         self.domains = {d.lower() for d in settings.domains}
         nonces = NonceManager(nonce_secret)
         tracker = NonceCountTracker()
-        self._verifiers = {d: DigestVerifier(nonces, d, tracker=tracker) for d in self.domains}
+        self._verifiers = {
+            d: DigestVerifier(nonces, d, tracker=tracker, algorithms=settings.digest_algorithms)
+            for d in self.domains
+        }
         self.aor_limiter = FailureLimiter(
             settings.max_failures, settings.failure_window, settings.cooldown
         )
@@ -150,7 +159,7 @@ class RegisterService:
         realm = to.uri.host.lower()
         now = self.clock()
         if self.settings.auth != "off":
-            denied = self._authenticate(req, flow, aor, realm, now)
+            denied = self.authenticate(req, flow, aor, realm, now)
             if denied is not None:
                 return denied
         if self.decide is not None:
@@ -160,9 +169,16 @@ class RegisterService:
         return self._update(req, flow, aor, now)
 
     # ------------------------------------------------------------------ authentication
-    def _authenticate(
+    def authenticate(
         self, req: Request, flow: Flow, aor: str, realm: str, now: float
     ) -> Response | None:
+        """Digest-authenticate ``req`` as the user of ``aor`` (RFC 3261 §22; realm = domain).
+
+        Returns ``None`` when authenticated, else the response to send: ``401`` with fresh
+        challenges (no, unusable, wrong or stale credentials; unknown users look the same),
+        or ``403`` while the source address or the AOR is blocked by the failure limit.
+        Also used by SUBSCRIBE to the reg event package (a user may watch only its own AOR).
+        """
         src_key = f"src:{flow.remote[0]}"
         aor_key = f"aor:{aor}"
         if self.src_limiter.blocked(src_key, now) or self.aor_limiter.blocked(aor_key, now):
@@ -212,7 +228,7 @@ class RegisterService:
     ) -> Response:
         resp = make_response(req, 401, to_tag=_to_tag(req))
         cl = resp.headers.pop()
-        for value in verifier.challenges(now, stale=stale):
+        for value in verifier.challenges(now, stale, order=self.settings.digest_algorithms):
             resp.headers.append(("www-authenticate", "WWW-Authenticate", value))
         resp.headers.append(cl)
         return resp

@@ -14,9 +14,11 @@ import os
 import resource
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sipstack.framing import FramingLimits
 from sipstack.message import Request, Response, make_response
@@ -25,7 +27,11 @@ from sipstack.transport.flows import Flow, ListenSpec
 from sipstack.transport.tls import server_ssl_context
 
 from . import __version__
+from .admin import AdminServer, binding_json
 from .checks import UNDERSTOOD_BODIES, InspectionPolicy, inspect_request
+from .location import LocationService
+from .register import RegisterService, RegistrarSettings
+from .users import UserDirectory, normalize_aor
 
 __all__ = ["Dispatcher", "FrontEnd", "FrontEndConfig", "Service", "run_frontend"]
 
@@ -64,8 +70,12 @@ class FrontEndConfig:
         fqdn: this FE's host name (used in ``Warning`` and to recognise its own URIs).
         cert, key: PEM files for TLS listeners; ca: PEM CA bundle that verifies client
             certificates (peers) when given.
-        domains: SIP domains this FE serves (lower case).
+        domains: SIP domains this FE serves (lower case). Without any, REGISTER is not served.
         limits: framing limits (bytes, seconds).
+        users_db: the user directory (SQLite, ``registrar users ...``).
+        state_dir: where the FE keeps its bindings (``location.db``) and nonce secret.
+        registrar: REGISTER policy (expiry bounds, contact limit, auth on/off).
+        admin: ``host:port`` of the admin API, or ``None`` for none.
     """
 
     listen: list[ListenSpec]
@@ -75,6 +85,10 @@ class FrontEndConfig:
     ca: Path | None = None
     domains: list[str] = field(default_factory=list)
     limits: FramingLimits = field(default_factory=FramingLimits)
+    users_db: Path | None = None
+    state_dir: Path | None = None
+    registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
+    admin: tuple[str, int] | None = None
 
 
 class Dispatcher:
@@ -149,14 +163,16 @@ def _tag(request: Request) -> str:
 
 
 class FrontEnd:
-    """One FE: its endpoint and dispatcher. Start with :meth:`start`, stop with :meth:`stop`."""
+    """One FE: its endpoint, dispatcher and services. :meth:`start`, then :meth:`stop`."""
 
     def __init__(self, config: FrontEndConfig) -> None:
         self.config = config
+        self.started = time.time()
         local = {config.fqdn.lower(), "localhost", *(d.lower() for d in config.domains)}
         local.update(spec.host.lower() for spec in config.listen)
         self.policy = InspectionPolicy(local_hosts=local)
-        self.dispatcher = Dispatcher(self.policy, f"registrar/{__version__}")
+        self.server_header = f"registrar/{__version__}"
+        self.dispatcher = Dispatcher(self.policy, self.server_header)
         server_ssl = None
         if any(spec.transport == "tls" for spec in config.listen):
             if config.cert is None or config.key is None:
@@ -168,17 +184,133 @@ class FrontEnd:
             self.dispatcher,
             EndpointConfig(limits=config.limits, server_ssl=server_ssl, warning_agent=config.fqdn),
         )
+        state = config.state_dir
+        self.location = LocationService(state / "location.db" if state is not None else None)
+        self.users: UserDirectory | None = None
+        self.register: RegisterService | None = None
+        self.admin: AdminServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Open every listener. Raises OSError when an address cannot be bound."""
-        for spec in self.config.listen:
+        """Restore bindings, load users, open every listener and the admin API.
+
+        Raises:
+            OSError: an address cannot be bound; ValueError: unusable state files.
+        """
+        config = self.config
+        restored = await asyncio.to_thread(self.location.open)
+        log.info("location service: %d bindings restored", restored)
+        if config.domains:
+            settings = config.registrar
+            settings.domains = list(config.domains)
+            if settings.auth == "off":
+                log.warning("authentication is OFF: any client may register any AOR")
+            else:
+                if config.users_db is None:
+                    raise ValueError("REGISTER with digest needs --users-db (or --auth off)")
+                self.users = UserDirectory(config.users_db)
+                count = await asyncio.to_thread(self.users.load)
+                log.info("user directory %s: %d users", config.users_db, count)
+                self._tasks.append(asyncio.create_task(self.users.watch(1.0)))
+            self.register = RegisterService(
+                settings,
+                self.location,
+                self.users,
+                _nonce_secret(config.state_dir),
+                server_header=self.server_header,
+            )
+            self.dispatcher.register("REGISTER", self.register)
+            self.endpoint.on_flow_closed_hooks.append(self.register.on_flow_closed)
+        self._tasks.append(asyncio.create_task(self._sweep()))
+        for spec in config.listen:
             bound = await self.endpoint.listen(spec)
             self.policy.local_hosts.add(bound[0])
             log.info("listening on %s (%s:%s)", spec, *bound)
+        if config.admin is not None:
+            self.admin = AdminServer(self.status, self.bindings_json, self._gauges())
+            host, port = await self.admin.start(*config.admin)
+            log.info("admin API on http://%s:%s/status", host, port)
+
+    async def _sweep(self) -> None:
+        """Remove expired bindings every second (RFC 3261 §10.2.1: bindings time out)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                expired = self.location.sweep()
+                if expired:
+                    log.info("%d bindings expired", len(expired))
+            except Exception:
+                log.exception("binding sweep failed")
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` JSON object of this FE."""
+        location = self.location
+        return {
+            "fqdn": self.config.fqdn,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started, 3),
+            "listen": [str(spec) for spec, _ in self.endpoint.listening],
+            "domains": self.config.domains,
+            "aors": location.aor_count,
+            "bindings": len(location),
+            "connections": len(self.endpoint.flows),
+            "transactions": len(self.endpoint.transactions),
+            "users": len(self.users) if self.users is not None else None,
+            "messages": dict(self.endpoint.stats),
+            "register": dict(self.register.stats) if self.register is not None else None,
+        }
+
+    def bindings_json(self, aor: str) -> list[dict[str, Any]]:
+        """The ``/bindings`` answer. Raises ValueError for a malformed AOR."""
+        now = time.time()
+        return [binding_json(b, now) for b in self.location.lookup(normalize_aor(aor))]
+
+    def _gauges(self) -> dict[str, tuple[str, Callable[[], float]]]:
+        location = self.location
+        endpoint = self.endpoint
+        return {
+            "registrar_aors": ("AORs with at least one binding", lambda: location.aor_count),
+            "registrar_bindings": ("bindings in the location service", lambda: len(location)),
+            "registrar_connections": ("open TCP/TLS connections", lambda: len(endpoint.flows)),
+            "registrar_transactions": ("live SIP transactions", lambda: len(endpoint.transactions)),
+            "registrar_messages_received": (
+                "SIP messages received",
+                lambda: endpoint.stats["received"],
+            ),
+            "registrar_messages_malformed": (
+                "malformed SIP messages",
+                lambda: endpoint.stats["malformed"],
+            ),
+        }
 
     async def stop(self) -> None:
-        """Close listeners and connections."""
+        """Close listeners, connections and the admin API; flush the bindings to disk."""
+        for task in self._tasks:
+            task.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
         await self.endpoint.close()
+        await asyncio.to_thread(self.location.close)
+
+
+def _nonce_secret(state_dir: Path | None) -> bytes:
+    """The digest nonce HMAC key, kept in ``state_dir/nonce.secret`` (0600) so nonces stay
+    valid across restarts; random per process without a state directory."""
+    if state_dir is None:
+        return os.urandom(32)
+    path = state_dir / "nonce.secret"
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return data
 
 
 def raise_fd_limit() -> int:

@@ -736,12 +736,19 @@ class DigestVerifier:
             )
         )
 
-    def challenges(self, now: float, stale: bool = False, source: str = "") -> list[str]:
-        """Return one challenge per accepted algorithm, SHA-256 before MD5 (RFC 8760 §2.4,
-        RFC 7616 §3.7), sharing one nonce issued at ``now`` (seconds). Send each as its own
-        header field, in order."""
+    def challenges(
+        self,
+        now: float,
+        stale: bool = False,
+        source: str = "",
+        order: Iterable[str] = ("SHA-256", "MD5"),
+    ) -> list[str]:
+        """Return one challenge per accepted algorithm in ``order`` (default SHA-256 before
+        MD5, RFC 8760 §2.4, RFC 7616 §3.7), sharing one nonce issued at ``now`` (seconds).
+        Send each as its own header field, in order. Clients that read only the first
+        challenge (sipp 3.6, older phones) need MD5 first."""
         nonce = self.nonces.make(now, self.realm, source)
-        order = [a for a in ("SHA-256", "MD5") if a in self._accepted]
+        order = [a for a in order if a in self._accepted]
         return [self._challenge(nonce, stale, a) for a in order]
 
     def verify(

@@ -110,13 +110,13 @@ def parse_message(
         while data.startswith(b"\r\n", start):
             start += 2
     end = data.find(b"\r\n\r\n", start)
+    headers = None
     if end >= 0:
         head = data[start:end].decode("utf-8", "surrogateescape")
         lines = head.split("\r\n")
         n = len(lines) - 1
-        headers = None
         if head.count("\n") == n and head.count("\r") == n:
-            # Fast path: every name seen before (so a valid token), no folding, no bare CR/LF.
+            # Fast path: every name seen before (so a valid token), no folding.
             known = _known_names
             try:
                 headers = [
@@ -129,10 +129,11 @@ def parse_message(
             else:
                 if len(headers) != n:
                     headers = None
-        if headers is None:
-            headers = _parse_headers(_unfold(lines))
-        body = data[end + 4 :]
-    else:
+            if headers is None:
+                headers = _parse_headers(_unfold(lines))
+            body = data[end + 4 :]
+    if headers is None:
+        # Bare LF line ends, a bare CR, or no empty line at all.
         lines, body = _split_lenient(data, start, datagram)
         headers = _parse_headers(lines)
     first = lines[0]

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import FeProcess, registrar_command, require_command  # noqa: E402
+from procs import FeProcess, registrar_command, require_command
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,7 +40,10 @@ def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certs")
     proc = subprocess.run(
         [*registrar_command(), "certs", "init", "--out", str(out), "--name", "fe1.local"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, f"certs init failed: {proc.stdout}{proc.stderr}"
     for name in ("ca.crt", "fe1.local.crt", "fe1.local.key"):

@@ -17,6 +17,7 @@ Pools of several FEs use distinct loopback addresses (``127.0.1.x``), which Linu
 from __future__ import annotations
 
 import contextlib
+import csv
 import itertools
 import os
 import re
@@ -29,6 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,13 +38,16 @@ __all__ = [
     "REPO",
     "FeProcess",
     "SipStream",
+    "SippResult",
     "client_ssl_context",
+    "cpu_seconds",
     "free_port",
     "header_values",
     "options_request",
     "read_message",
     "registrar_command",
     "require_command",
+    "run_sipp",
     "sip_request",
     "status_of",
     "wait_until",
@@ -165,7 +170,9 @@ def _content_length(head: bytes) -> int:
     return int(match.group(1)) if match else 0
 
 
-def read_message(sock: socket.socket, timeout: float, buffer: bytearray | None = None) -> bytes | None:
+def read_message(
+    sock: socket.socket, timeout: float, buffer: bytearray | None = None
+) -> bytes | None:
     """Read one SIP message (header block + Content-Length body) from a stream socket.
 
     ``buffer`` holds bytes already read and receives any surplus (pass the same one for
@@ -191,7 +198,7 @@ def read_message(sock: socket.socket, timeout: float, buffer: bytearray | None =
         sock.settimeout(remaining)
         try:
             chunk = sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
         except (ConnectionError, ssl.SSLError, OSError):
             return None
@@ -259,7 +266,7 @@ class SipStream:
         self.sock.settimeout(timeout)
         try:
             return self.sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
         except (ConnectionError, ssl.SSLError):
             return b""
@@ -275,7 +282,7 @@ class SipStream:
             self.sock.settimeout(remaining)
             try:
                 chunk = self.sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return False
             except (ConnectionError, ssl.SSLError, OSError):
                 return True
@@ -322,15 +329,19 @@ def sip_request(
             sock.settimeout(timeout)
             try:
                 data, _ = sock.recvfrom(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return None
             except ConnectionRefusedError:
                 return None
             return data
     try:
         stream = SipStream(
-            transport, addr, ssl_context=ssl_context, server_hostname=server_hostname,
-            timeout=timeout, source=source,
+            transport,
+            addr,
+            ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            timeout=timeout,
+            source=source,
         )
     except (OSError, ssl.SSLError):
         return None
@@ -349,8 +360,16 @@ def status_of(message: bytes | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-_COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "l": "content-length",
-            "c": "content-type", "m": "contact", "k": "supported"}
+_COMPACT = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "l": "content-length",
+    "c": "content-type",
+    "m": "contact",
+    "k": "supported",
+}
 
 
 def header_values(message: bytes, name: str) -> list[str]:
@@ -430,8 +449,12 @@ class FeProcess:
         if "tls" in self.transports:
             if self.certs_dir is None:
                 raise ValueError("a tls listener needs certs_dir")
-            cmd += ["--cert", str(self.certs_dir / f"{self.fqdn}.crt"),
-                    "--key", str(self.certs_dir / f"{self.fqdn}.key")]
+            cmd += [
+                "--cert",
+                str(self.certs_dir / f"{self.fqdn}.crt"),
+                "--key",
+                str(self.certs_dir / f"{self.fqdn}.key"),
+            ]
         return cmd + self.args
 
     # ----------------------------------------------------------------- lifecycle
@@ -439,7 +462,9 @@ class FeProcess:
         """Start the process (ports not fixed by the caller are picked now)."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        self.ports = {t: self.fixed_ports.get(t) or free_port(t, self.host) for t in self.transports}
+        self.ports = {
+            t: self.fixed_ports.get(t) or free_port(t, self.host) for t in self.transports
+        }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         env = dict(os.environ if self.env is None else self.env)
@@ -448,8 +473,13 @@ class FeProcess:
             log.write(f"=== start {self.starts}: {' '.join(self.command())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.workdir, env=env,
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.workdir,
+                env=env,
             )
         return self
 
@@ -486,8 +516,16 @@ class FeProcess:
                 addr = self.addr(transport)
                 msg = options_request(transport, addr)
                 ctx = self.ssl_context() if transport == "tls" else None
-                return status_of(sip_request(transport, addr, msg, timeout, ssl_context=ctx,
-                                             server_hostname=self.fqdn if ctx else None))
+                return status_of(
+                    sip_request(
+                        transport,
+                        addr,
+                        msg,
+                        timeout,
+                        ssl_context=ctx,
+                        server_hostname=self.fqdn if ctx else None,
+                    )
+                )
         raise ValueError("no listener to probe")
 
     def wait_ready(self, timeout: float = 20.0) -> FeProcess:
@@ -557,3 +595,127 @@ class FeProcess:
 
     def __repr__(self) -> str:
         return f"<FeProcess {self.name} {self.host} {self.ports}>"
+
+
+# ------------------------------------------------------------------------------------ sipp
+
+
+@dataclass
+class SippResult:
+    """sipp's final counts (the last row of its ``-trace_stat`` CSV) and how it ended.
+
+    Attributes:
+        ok, failed, created: ``SuccessfulCall(C)``, ``FailedCall(C)``, ``TotalCallCreated``.
+        returncode: sipp's exit status (0: every call succeeded, 1: some failed).
+        counters: every non-zero cumulative ``(C)`` column (``FailedTimeoutOnRecv`` ...).
+        stat: the whole last CSV row; output: sipp's stdout/stderr; errors: the start of its
+            ``-trace_err`` file (empty when no call failed).
+    """
+
+    ok: int
+    failed: int
+    created: int
+    returncode: int
+    counters: dict[str, int] = field(default_factory=dict)
+    stat: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    errors: str = ""
+
+    def describe(self) -> str:
+        """A few lines for an assertion message."""
+        failures = {k: v for k, v in self.counters.items() if k.startswith("Failed")}
+        return (
+            f"sipp exit {self.returncode}: {self.ok} ok, {self.failed} failed of {self.created} "
+            f"created; {failures}; rate {self.stat.get('CallRate(C)', '?')}/s over "
+            f"{self.stat.get('ElapsedTime(C)', '?')}\n{self.errors[:1500]}\n{self.output[-1500:]}"
+        )
+
+
+def run_sipp(
+    scenario: Path,
+    target: tuple[str, int],
+    transport: str,
+    *,
+    rate: int,
+    calls: int,
+    workdir: Path,
+    service: str | None = None,
+    recv_timeout_ms: int = 5000,
+    extra: Sequence[str] = (),
+) -> SippResult:
+    """Run sipp as a UAC over one TCP connection (``-t t1``) or one UDP socket (``-t u1``) and
+    return its final counts, read from the last row of its ``-trace_stat`` CSV, the approach
+    of ``bench/cpu.py`` (sipp 3.6 writes that row when it ends).
+
+    The run is bounded: sipp's own ``-timeout`` (twice the nominal duration plus margins) and a
+    hard subprocess deadline after it. A call fails if any response takes longer than
+    ``recv_timeout_ms``. sipp binds a free port of its own on the target's address.
+    """
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        raise FileNotFoundError("sipp not installed (apt-get install sip-tester)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    tag = f"sipp-{transport}-{next(_counter)}"
+    stat_file = workdir / f"{tag}-stat.csv"
+    err_file = workdir / f"{tag}-errors.log"
+    limit = calls / rate * 2 + recv_timeout_ms / 1000 + 10
+    host, port = target
+    local_port = free_port("udp" if transport == "udp" else "tcp", host)
+    cmd = [
+        sipp, "-sf", str(scenario), "-t", "u1" if transport == "udp" else "t1",
+        "-i", host, "-p", str(local_port),
+        "-r", str(rate), "-rp", "1000", "-m", str(calls),
+        "-l", str(max(rate * 5, 100)),  # concurrent calls: never the bottleneck
+        "-nostdin", "-timeout", f"{limit:.0f}s", "-timeout_error",
+        "-recv_timeout", str(recv_timeout_ms),
+        "-trace_stat", "-stf", str(stat_file), "-fd", "60",
+        "-trace_err", "-error_file", str(err_file),
+        "-f", "60",
+        *(["-s", service] if service else []),
+        *extra,
+        f"{host}:{port}",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=limit + 30,
+            check=False,
+        )
+        returncode, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        returncode = -9
+        output = f"sipp killed after {limit + 30:.0f}s\n{exc.stdout or ''}"
+    stat: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        rows = list(csv.reader(stat_file.read_text(errors="replace").splitlines(), delimiter=";"))
+        if len(rows) >= 2:
+            stat = dict(zip(rows[0], rows[-1], strict=False))
+    counters = {
+        name[:-3]: int(value)
+        for name, value in stat.items()
+        if name.endswith("(C)") and value.isdigit() and int(value)
+    }
+    errors = ""
+    with contextlib.suppress(OSError), err_file.open(errors="replace") as fh:
+        errors = fh.read(4000)
+    return SippResult(
+        ok=int(stat.get("SuccessfulCall(C)") or 0),
+        failed=int(stat.get("FailedCall(C)") or 0),
+        created=int(stat.get("TotalCallCreated") or 0),
+        returncode=returncode,
+        counters=counters,
+        stat=stat,
+        output=output if isinstance(output, str) else str(output),
+        errors=errors,
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -32,7 +32,8 @@ from procs import FeProcess, SipStream, header_values, options_request, sip_requ
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared/conformance/rfc4475"
 MANIFEST: dict[str, dict[str, object]] = (
-    tomllib.loads((CORPUS / "MANIFEST.toml").read_text()) if (CORPUS / "MANIFEST.toml").is_file()
+    tomllib.loads((CORPUS / "MANIFEST.toml").read_text())
+    if (CORPUS / "MANIFEST.toml").is_file()
     else {}
 )
 NAMES = sorted(MANIFEST)
@@ -137,9 +138,7 @@ def client_ip() -> str:
     pytest.skip("no loopback address with UDP port 5060 free")
 
 
-_VIA_PORT = re.compile(
-    rb"^(?:via|v)[ \t]*:.*?$", re.IGNORECASE | re.MULTILINE
-)
+_VIA_PORT = re.compile(rb"^(?:via|v)[ \t]*:.*?$", re.IGNORECASE | re.MULTILINE)
 
 
 def _via_ports(data: bytes) -> set[int]:

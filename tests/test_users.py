@@ -113,6 +113,9 @@ def test_store_creates_db_with_schema(tmp_path: Path) -> None:
     with UserStore(path) as store:
         assert store.revision() == 1
         assert [r.aor for r in store.list()] == ["sip:a@b.c"]
+    store.close()  # idempotent; a closed store refuses politely
+    with pytest.raises(UserStoreError, match="closed"):
+        store.list()
 
 
 def test_store_rejects_bad_files(tmp_path: Path) -> None:
@@ -306,7 +309,9 @@ def test_import_csv_bad_rows_import_nothing(tmp_path: Path) -> None:
         err = info.value
         assert [n for n, _ in err.errors] == [6, 9, 11, 13, 14, 16]
         text = str(err).splitlines()
-        assert text[0] == f"{csv_path} line 6: bad AOR 'foo': no user part (expected sip:user@domain)"
+        assert (
+            text[0] == f"{csv_path} line 6: bad AOR 'foo': no user part (expected sip:user@domain)"
+        )
         assert text[1] == f"{csv_path} line 9: empty password"
         assert "line 11: bad home pool 'bad pool'" in text[2]
         assert text[3] == f"{csv_path} line 13: sip:user2@contoso.com: repeats line 3"
@@ -580,7 +585,9 @@ def test_cli_add_list_remove_set_password(
     assert "pool2.contoso.com" in out
 
     # set-password with --password and --password-stdin.
-    assert _run("users", "set-password", "bob@contoso.com", "--password", "n1", "--users-db", db) == 0
+    assert (
+        _run("users", "set-password", "bob@contoso.com", "--password", "n1", "--users-db", db) == 0
+    )
     capsys.readouterr()
     monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\n"))
     assert (
@@ -595,7 +602,9 @@ def test_cli_add_list_remove_set_password(
         _run("users", "set-password", "bob@contoso.com", "--password-stdin", "--users-db", db) == 2
     )
     assert "empty password" in capsys.readouterr().err
-    assert _run("users", "set-password", "zed@contoso.com", "--password", "x", "--users-db", db) == 1
+    assert (
+        _run("users", "set-password", "zed@contoso.com", "--password", "x", "--users-db", db) == 1
+    )
     assert "users set-password: sip:zed@contoso.com: no such user" in capsys.readouterr().err
 
     # set-home-pool

@@ -81,7 +81,7 @@ class StreamConnection(asyncio.Protocol):
             self.close,
             peer_cert=cert,
         )
-        self._framer.feed(b"", self._loop.time())  # start the idle timer
+        self._framer.tick(self._loop.time())  # start the idle timer (feed(b"") does not)
         self._schedule()
         self._sink.on_flow_opened(self.flow)
 
