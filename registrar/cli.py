@@ -48,6 +48,15 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a socket to listen on: tls:127.0.0.1:5061, tcp:127.0.0.1:5060, udp:127.0.0.1:5060 "
         "(repeatable; default: tls:127.0.0.1:5061)",
     )
+    pool = serve.add_argument_group("pool (DESIGN.md §4)")
+    pool.add_argument(
+        "--topology",
+        type=Path,
+        metavar="FILE",
+        help="run as an FE of a pool: listeners, certificates, domains, users, state and "
+        "settings all come from the topology file (the options below are then ignored)",
+    )
+    pool.add_argument("--fe", metavar="FQDN", help="which FE of the topology this process is")
     serve.add_argument("--cert", type=Path, help="PEM certificate for TLS listeners")
     serve.add_argument("--key", type=Path, help="PEM private key for TLS listeners")
     serve.add_argument(
@@ -149,6 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if args.topology is not None:
+        return _serve_topology(args)
     try:
         listen = [parse_listen(text) for text in (args.listen or ["tls:127.0.0.1:5061"])]
     except ValueError as exc:
@@ -233,6 +244,76 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _serve_topology(args: argparse.Namespace) -> int:
+    """``registrar serve --topology FILE --fe FQDN``: everything from the topology."""
+    from .topology import TopologyError, load_topology
+
+    if not args.fe:
+        print("registrar serve: --topology needs --fe FQDN (which FE this is)", file=sys.stderr)
+        return 2
+    try:
+        topology = load_topology(args.topology)
+        fe = topology.fe(args.fe.lower())
+    except TopologyError as exc:
+        print(f"registrar serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyError:
+        names = ", ".join(f.fqdn for f in topology.all_front_ends())
+        print(
+            f"registrar serve: {args.topology}: no FE {args.fe!r} in the topology "
+            f"(it has: {names}); fix: --fe one of those, or commission it first",
+            file=sys.stderr,
+        )
+        return 2
+    pool = topology.pool(fe.pool)
+    settings = topology.settings
+    listen = [parse_listen(f"tls:{fe.ip}:{fe.tls_port}")]
+    if fe.tcp_port:
+        listen.append(parse_listen(f"tcp:{fe.ip}:{fe.tcp_port}"))
+    if fe.udp_port:
+        listen.append(parse_listen(f"udp:{fe.ip}:{fe.udp_port}"))
+    certs_dir = topology.paths.certs
+    cert, key, ca = certs_dir / f"{fe.fqdn}.crt", certs_dir / f"{fe.fqdn}.key", certs_dir / "ca.crt"
+    for path in (cert, key, ca):
+        if not path.is_file():
+            print(
+                f"registrar serve: {path}: missing; fix: registrar certs init --topology "
+                f"{args.topology}",
+                file=sys.stderr,
+            )
+            return 2
+    config = FrontEndConfig(
+        listen=listen,
+        fqdn=fe.fqdn,
+        cert=cert,
+        key=key,
+        ca=ca,
+        domains=list(pool.domains),
+        limits=FramingLimits(
+            max_message_size=args.max_message_size,
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+        ),
+        users_db=topology.paths.users_db,
+        state_dir=topology.state_dir_for(fe.fqdn),
+        registrar=RegistrarSettings(
+            min_expires=int(settings.min_expires),
+            max_expires=int(settings.max_expires),
+            default_expires=int(settings.default_expires),
+            max_contacts=int(settings.max_contacts),
+            auth=args.auth,
+            digest_algorithms=tuple(a.upper() for a in settings.digest_algorithms),
+        ),
+        admin=(fe.ip, fe.admin_port),
+        topology=topology,
+    )
+    try:
+        return _run(run_frontend(config))
+    except OSError as exc:
+        print(f"registrar serve: {fe.fqdn}: cannot listen: {exc}", file=sys.stderr)
+        return 1
+
+
 def _host_port(text: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` too). Raises ValueError naming the expected form."""
     host, sep, port = text.rpartition(":")
@@ -290,6 +371,78 @@ def _bindings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pool = subparsers.add_parser(
+        "pool", help="run a local pool (DNS server + every FE as its own process)"
+    )
+    sub = pool.add_subparsers(dest="pool_command", metavar="COMMAND")
+    up = sub.add_parser(
+        "up",
+        help="start the pool of a topology and supervise it until Ctrl-C",
+        description=(
+            "Make missing certificates and a demo user directory (user0001..user2000, password "
+            "'demo'), start the DNS server and every FE as its own process, print where "
+            "everything listens, and stop them all on Ctrl-C or SIGTERM."
+        ),
+    )
+    up.add_argument("--topology", type=Path, required=True, metavar="FILE")
+    up.add_argument("--users", type=int, default=2000, help="demo users to create (default 2000)")
+    up.add_argument("--restart-failed", action="store_true", help="restart FEs that exit")
+    up.add_argument("--log-dir", type=Path, help="children's logs (default: STATE_DIR/logs)")
+    up.set_defaults(func=_pool_up)
+    pool.set_defaults(func=lambda args: (pool.print_help(sys.stderr), 2)[1])
+
+    status = subparsers.add_parser("status", help="the pool as its FEs see it")
+    status.add_argument("--topology", type=Path, required=True, metavar="FILE")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_status)
+
+
+def _pool_up(args: argparse.Namespace) -> int:
+    from .pool.supervisor import PoolSupervisor, ensure_certs, ensure_demo_users
+    from .topology import TopologyError, load_topology
+
+    try:
+        topology = load_topology(args.topology)
+    except TopologyError as exc:
+        print(f"registrar pool up: {exc}", file=sys.stderr)
+        return 2
+    written = ensure_certs(topology)
+    if written:
+        print(f"certificates: wrote {len(written)} files in {topology.paths.certs}")
+    created = ensure_demo_users(topology, args.users)
+    if created:
+        print(f"user directory: created {created} demo users in {topology.paths.users_db}")
+    log_dir = args.log_dir or topology.paths.state_dir / "logs"
+    supervisor = PoolSupervisor(
+        topology, args.topology, log_dir, restart_failed=args.restart_failed
+    )
+    supervisor.start()
+    if supervisor.wait_ready():
+        print("pool is up")
+    else:
+        print("some FEs did not become ready; see their logs", file=sys.stderr)
+    print(supervisor.describe(), flush=True)
+    return supervisor.supervise()
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .pool.status import pool_status, render
+    from .topology import TopologyError, load_topology
+
+    try:
+        topology = load_topology(args.topology)
+    except TopologyError as exc:
+        print(f"registrar status: {exc}", file=sys.stderr)
+        return 2
+    pools = pool_status(topology)
+    if args.json:
+        print(json.dumps(pools[0] if len(pools) == 1 else pools, indent=2))
+    else:
+        print(render(pools))
+    return 0
+
+
 def _run(coro: object) -> int:
     """Run a coroutine on uvloop when installed, else asyncio's default loop."""
     try:
@@ -310,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_cli(sub)
     users.add_cli(sub)
     _add_bindings(sub)
+    _add_pool(sub)
     return parser
 
 

@@ -22,7 +22,10 @@ Expiry
     binding leaves its old entry behind, which costs one pointer and is skipped when its second
     comes. Only the AOR string (already shared with the index) is filed, never a tuple per
     binding; this keeps the overhead at ~8 bytes per binding instead of ~90 for a heap of
-    ``(expires_at, aor, key)`` tuples (the memory budget below).
+    ``(expires_at, aor, key)`` tuples (the memory budget below). A refresh within the same
+    second files nothing new, and when stale entries outnumber bindings 4 to 1 (clients
+    refreshing far more often than they expire) the buckets are rebuilt from the index
+    (amortised O(1) per put).
 
 Persistence (DESIGN.md §8: "stored registrations survive restarts")
     Write-behind to a per-FE SQLite file (WAL, ``synchronous=NORMAL``, exclusive locking so that
@@ -71,7 +74,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "EVENTS",
@@ -138,12 +141,14 @@ _SELECT = f"SELECT {_COLUMNS} FROM bindings WHERE expires_at > ?"
 _CONTACT_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):((?:[^@]*@)?)(\[[^\]]*\]|[^:;?>]*)")
 
 
-class LocationStoreError(Exception):
+class LocationStoreError(ValueError):
     """The bindings file cannot be opened, read or written.
 
     The message names the file and what to do (e.g. move a corrupt file aside). Raised by
     :meth:`LocationService.open`, :meth:`~LocationService.flush` and
-    :meth:`~LocationService.close`; never raised by the in-memory operations.
+    :meth:`~LocationService.close`; never raised by the in-memory operations. A ``ValueError``
+    so that ``registrar serve`` reports it like any other unusable state file (one line on
+    stderr, exit status 2).
     """
 
 
@@ -261,6 +266,11 @@ _LIST_MAX = 16
 strings, no per-AOR dict: ~150 bytes less per binding); a larger one in a ``key -> Binding``
 dict. With ``max_contacts`` of 10 (``registrar/register.py``) the dict form is for trunks."""
 
+_COMPACT_FACTOR = 4
+_COMPACT_SLACK = 1024
+"""The expiry buckets are rebuilt when they hold more than ``_COMPACT_FACTOR * bindings +
+_COMPACT_SLACK`` entries (see ``LocationService._compact``)."""
+
 _Entry = Binding | list[Binding] | dict[str, Binding]
 """Per-AOR index entry: the only binding, a list of 2.._LIST_MAX, or a dict beyond."""
 
@@ -305,7 +315,7 @@ class LocationService:
         self._db_path: Path | None = Path(db_path) if db_path is not None else None
         self._clock = clock
         self._flush_interval = float(flush_interval)
-        # index: aor -> the only Binding, or {key: Binding} when the AOR has several
+        # index: aor -> its only Binding, a list of 2.._LIST_MAX, or {key: Binding} beyond
         self._aors: dict[str, _Entry] = {}
         self._count = 0
         # flow id -> the AOR (str) with bindings on it, or the set of AORs when several
@@ -313,9 +323,11 @@ class LocationService:
         # expiry: second -> AORs with a binding expiring in (second-1, second]; heap of seconds
         self._buckets: dict[int, list[str]] = {}
         self._due: list[int] = []
+        self._filed = 0  # entries in _buckets, live and stale
         self._listeners: tuple[Listener, ...] = ()
         # write-behind state, shared with the writer thread under _lock
         self._persist = False
+        self._unopened_file = self._db_path is not None  # put() before open() would be lost
         self._lock = threading.Lock()
         self._written_cond = threading.Condition(self._lock)
         self._pending: dict[tuple[str, str], Binding | None] = {}
@@ -349,6 +361,7 @@ class LocationService:
         if self._state != "new":
             raise RuntimeError(f"LocationService.open() called on a {self._state} service")
         self._state = "open"
+        self._unopened_file = False
         path = self._db_path
         if path is None:
             return 0
@@ -423,11 +436,16 @@ class LocationService:
                 key = binding.key
                 if key != stored_key:  # key rules changed since it was written
                     rekeyed.append((binding.aor, stored_key, binding))
-                if self._store(binding, key)[0] is None:
+                old, aor = self._store(binding, key)
+                self._file(_bucket(binding.expires_at), aor)
+                if old is None:
                     restored += 1
             for aor, stored_key, binding in rekeyed:
                 conn.execute(_DELETE, (aor, stored_key))
-                conn.execute(_INSERT, _to_row(binding.key, binding))
+                key = binding.key
+                kept = self._find(aor, key)  # two old rows may now share one key: keep the last
+                if kept is not None:
+                    conn.execute(_INSERT, _to_row(key, kept))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -458,8 +476,8 @@ class LocationService:
             while self._written < target:
                 if self._error is not None and self._attempts > attempts:
                     raise LocationStoreError(
-                        f"{self._db_path}: cannot write bindings: {self._error}; they stay in "
-                        f"memory and writing is retried (check free space and permissions)"
+                        f"{self._db_path}: cannot write bindings: {_describe(self._error)}; they "
+                        f"stay in memory and writing is retried (check free space and permissions)"
                     ) from self._error
                 if not thread.is_alive():
                     raise LocationStoreError(f"{self._db_path}: the writer thread has stopped")
@@ -476,22 +494,22 @@ class LocationService:
         if self._state == "closed":
             return
         self._state = "closed"
-        thread, conn = self._thread, self._conn
-        self._thread = None
-        self._conn = None
+        thread = self._thread
         if thread is not None:
             self._stopping = True
             self._wake.set()
             thread.join()
+        self._thread = None
         self._persist = False
-        if conn is not None:
-            conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         if self._error is not None and self._pending:
             lost = len(self._pending)
             self._pending = {}
             raise LocationStoreError(
                 f"{self._db_path}: {lost} binding changes could not be written at close: "
-                f"{self._error} (check free space and permissions)"
+                f"{_describe(self._error)} (check free space and permissions)"
             ) from self._error
 
     def __enter__(self) -> LocationService:
@@ -552,18 +570,21 @@ class LocationService:
 
     def get(self, aor: str, key: str) -> Binding | None:
         """The unexpired binding of ``aor`` with :attr:`Binding.key` ``key``, or ``None``."""
+        binding = self._find(aor, key)
+        if binding is None or binding.expires_at <= self._clock():
+            return None
+        return binding
+
+    def _find(self, aor: str, key: str) -> Binding | None:
+        """The stored binding of ``(aor, key)``, expired or not."""
         entry = self._aors.get(aor)
         if entry is None:
             return None
         if isinstance(entry, Binding):
-            binding: Binding | None = entry if entry.key == key else None
-        elif isinstance(entry, list):
-            binding = next((b for b in entry if b.key == key), None)
-        else:
-            binding = entry.get(key)
-        if binding is None or binding.expires_at <= self._clock():
-            return None
-        return binding
+            return entry if entry.key == key else None
+        if isinstance(entry, list):
+            return next((b for b in entry if b.key == key), None)
+        return entry.get(key)
 
     def by_flow(self, flow_id: int) -> list[Binding]:
         """The unexpired bindings that arrived on flow ``flow_id`` (RFC 5626 §7), any AOR."""
@@ -629,11 +650,14 @@ class LocationService:
         Raises:
             ValueError: ``reason`` is not in :data:`EVENTS`, or ``expires_at`` is not finite.
                 Nothing is changed then.
+            RuntimeError: the service has a ``db_path`` and :meth:`open` was not called yet.
 
         Never blocks: persistence only records the change for the writer thread.
         """
         if reason is not None and reason not in EVENTS:
             raise ValueError(f"unknown location event {reason!r}; expected one of {sorted(EVENTS)}")
+        if self._unopened_file:
+            raise RuntimeError("LocationService.put() before open(): the change would not persist")
         second = _bucket(binding.expires_at)
         ua = binding.user_agent
         if ua is not None:
@@ -642,12 +666,8 @@ class LocationService:
             binding.path = tuple(map(sys.intern, binding.path))
         key = binding.key
         old, aor = self._store(binding, key)
-        bucket = self._buckets.get(second)
-        if bucket is None:
-            self._buckets[second] = [aor]
-            heapq.heappush(self._due, second)
-        else:
-            bucket.append(aor)
+        if old is None or _bucket(old.expires_at) != second:  # else: already filed there
+            self._file(second, aor)
         if self._persist:
             with self._lock:
                 self._pending[(aor, key)] = binding
@@ -755,7 +775,9 @@ class LocationService:
         due = self._due
         while due and due[0] <= now:
             second = heapq.heappop(due)
-            for aor in self._buckets.pop(second, ()):
+            bucket = self._buckets.pop(second, ())
+            self._filed -= len(bucket)
+            for aor in bucket:
                 self._expire_aor(aor, now, expired)
         # The current second's bucket may hold bindings with expires_at in (second-1, now];
         # expire those and keep the bucket for the rest.
@@ -764,6 +786,38 @@ class LocationService:
             for aor in tuple(partial):
                 self._expire_aor(aor, now, expired)
         return expired
+
+    def _file(self, second: int, aor: str) -> None:
+        """File ``aor`` under expiry ``second`` (see :meth:`sweep`)."""
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            self._buckets[second] = [aor]
+            heapq.heappush(self._due, second)
+        else:
+            bucket.append(aor)
+        self._filed += 1
+        if self._filed > _COMPACT_FACTOR * self._count + _COMPACT_SLACK:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the expiry buckets from the index, dropping stale entries.
+
+        Stale entries pile up only when clients refresh far more often than their bindings
+        expire (normal refreshes at half the expiry leave about one per binding); the rebuild is
+        O(bindings) and runs at most once per ``(_COMPACT_FACTOR - 1) * bindings`` puts, so its
+        amortised cost is O(1) per put and the buckets stay O(bindings) in size.
+        """
+        buckets: dict[int, list[str]] = {}
+        filed = 0
+        for aor, entry in self._aors.items():
+            seconds = {_bucket(b.expires_at) for b in _values(entry)}
+            for second in seconds:
+                buckets.setdefault(second, []).append(aor)
+            filed += len(seconds)
+        self._buckets = buckets
+        self._due = list(buckets)
+        heapq.heapify(self._due)
+        self._filed = filed
 
     def _expire_aor(self, aor: str, now: float, out: list[Binding]) -> None:
         entry = self._aors.get(aor)
@@ -904,6 +958,16 @@ class LocationService:
                     with self._lock:  # keep them; newer changes of the same binding win
                         for change_key, change in batch.items():
                             self._pending.setdefault(change_key, change)
+            if error is not None and not failing:
+                log.error(
+                    "%s: cannot write %d binding changes (retrying every %.3gs): %s",
+                    self._db_path,
+                    len(batch),
+                    self._flush_interval,
+                    _describe(error),
+                )
+            elif error is None and failing:
+                log.warning("%s: binding writes resumed", self._db_path)
             with self._written_cond:
                 self._attempts += 1
                 if error is None:
@@ -912,16 +976,6 @@ class LocationService:
                 else:
                     self._error = error
                 self._written_cond.notify_all()
-            if error is not None and not failing:
-                log.error(
-                    "%s: cannot write %d binding changes (retrying every %.3gs): %s",
-                    self._db_path,
-                    len(batch),
-                    self._flush_interval,
-                    error,
-                )
-            elif error is None and failing:
-                log.warning("%s: binding writes resumed", self._db_path)
             failing = error is not None
             if stopping:
                 return
@@ -969,7 +1023,7 @@ def _to_row(key: str, b: Binding) -> tuple[object, ...]:
     )
 
 
-def _from_row(row: tuple[object, ...], path: Path) -> tuple[Binding, str]:
+def _from_row(row: tuple[Any, ...], path: Path) -> tuple[Binding, str]:
     """A Binding from a ``_SELECT`` row, and the key it was stored under."""
     (
         aor,
@@ -994,17 +1048,17 @@ def _from_row(row: tuple[object, ...], path: Path) -> tuple[Binding, str]:
         binding = Binding(
             aor=str(aor),
             contact=str(contact),
-            expires_at=float(expires_at),  # type: ignore[arg-type]
+            expires_at=float(expires_at),
             call_id=str(call_id),
-            cseq=int(cseq),  # type: ignore[call-overload]
-            q=None if q is None else float(q),  # type: ignore[arg-type]
+            cseq=int(cseq),
+            q=None if q is None else float(q),
             instance_id=None if instance_id is None else str(instance_id),
-            reg_id=None if reg_id is None else int(reg_id),  # type: ignore[call-overload]
+            reg_id=None if reg_id is None else int(reg_id),
             source=None if source is None else str(source),
             path=hops,
             user_agent=None if user_agent is None else sys.intern(str(user_agent)),
             backup=bool(backup),
-            registered_at=float(registered_at),  # type: ignore[arg-type]
+            registered_at=float(registered_at),
         )
     except (TypeError, ValueError) as exc:
         raise LocationStoreError(
@@ -1012,6 +1066,11 @@ def _from_row(row: tuple[object, ...], path: Path) -> tuple[Binding, str]:
             f"(e.g. mv {path} {path}.bad) and restart -- clients re-register"
         ) from exc
     return binding, str(key)
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"`` of an exception, for log lines and error messages."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _explain(path: Path, exc: BaseException) -> str:

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipstack.auth import (
     AuthStatus,
@@ -48,7 +49,7 @@ from sipstack.message import Request, Response, make_response
 from sipstack.transport.flows import Flow
 from sipstack.uri import SipUri
 
-from .location import Binding, LocationService
+from .location import Binding, LocationService, contact_key
 from .ratelimit import FailureLimiter
 from .users import UserDirectory
 
@@ -108,9 +109,11 @@ class RegisterService:
         server_header: the ``Server`` header value of responses.
 
     Attributes:
-        decide: optional pool hook ``(request, aor) -> Response | None`` run after
-            authentication and before any change: a non-None response (``301`` to the AOR's
-            current registrar, ``503`` quorum guard) is returned as is (DESIGN.md §4).
+        router: the pool's :class:`registrar.pool.routing.PoolRouter`, or ``None`` for a
+            standalone FE. Its ``route(req, aor, transport)`` runs *before* authentication
+            (a redirecting FE challenges nobody, DESIGN.md §4 step 4); a non-None response
+            (``301``, ``503``) is returned as is. ``backup_primary(aor)`` marks backup-mode
+            registrations, whose expiry is capped at ``router.backup_max_expires``.
     """
 
     def __init__(
@@ -141,8 +144,8 @@ class RegisterService:
         self.src_limiter = FailureLimiter(
             settings.max_failures * 5, settings.failure_window, settings.cooldown
         )
-        self.decide: Callable[[Request, str], Response | None] | None = None
-        self.stats = {"registered": 0, "challenged": 0, "failed": 0, "blocked": 0}
+        self.router: Any = None
+        self.stats = {"registered": 0, "backup": 0, "challenged": 0, "failed": 0, "blocked": 0}
 
     # -------------------------------------------------------------------- entry point
     def __call__(self, req: Request, flow: Flow) -> Response:
@@ -157,15 +160,16 @@ class RegisterService:
         if to.uri.scheme == "sips":
             aor = "sip:" + aor[5:]
         realm = to.uri.host.lower()
+        router = self.router
+        if router is not None:
+            redirect = router.route(req, aor, flow.transport)
+            if redirect is not None:
+                return redirect
         now = self.clock()
         if self.settings.auth != "off":
             denied = self.authenticate(req, flow, aor, realm, now)
             if denied is not None:
                 return denied
-        if self.decide is not None:
-            redirect = self.decide(req, aor)
-            if redirect is not None:
-                return redirect
         return self._update(req, flow, aor, now)
 
     # ------------------------------------------------------------------ authentication
@@ -253,6 +257,10 @@ class RegisterService:
         supported = {t.lower() for t in req.tokens("supported")} if "supported" in req else set()
         outbound = "outbound" in supported
         header_expires = req.expires
+        max_expires = settings.max_expires
+        backup_of = self.router.backup_primary(aor) if self.router is not None else None
+        if backup_of is not None:
+            max_expires = min(max_expires, self.router.backup_max_expires)
         changes: list[tuple[str, NameAddr, int]] = []
         for contact in contacts:
             value = contact.params.get("expires")
@@ -266,7 +274,7 @@ class RegisterService:
                 resp = make_response(req, 423)
                 resp.headers.insert(-1, ("min-expires", "Min-Expires", str(settings.min_expires)))
                 return resp
-            expires = min(expires, settings.max_expires)
+            expires = min(expires, max_expires)
             changes.append((self._key(contact, outbound), contact, expires))
 
         # Validate the whole request before changing anything (RFC 3261 §10.3: all or nothing).
@@ -319,6 +327,7 @@ class RegisterService:
                     source=source,
                     path=path,
                     user_agent=user_agent,
+                    backup=backup_of is not None,
                     registered_at=old.registered_at if old is not None else now,
                 )
                 if old is None:
@@ -329,6 +338,8 @@ class RegisterService:
                     reason = "refreshed" if old.contact == binding.contact else "replaced"
                 location.put(binding, reason=reason)
             self.stats["registered"] += 1
+            if backup_of is not None:
+                self.stats["backup"] += 1
             return self._ok(
                 req, aor, now, outbound=used_outbound, path=path if "path" in supported else ()
             )
@@ -336,21 +347,14 @@ class RegisterService:
 
     @staticmethod
     def _key(contact: NameAddr, outbound: bool) -> str:
-        """The binding key the location service will compute for this contact."""
+        """The key :attr:`Binding.key` will have for this contact (same rules)."""
         instance = _unquote(contact.params.get("+sip.instance"))
+        if instance is None:
+            return contact_key(str(contact.uri))
         reg_id = contact.params.get("reg-id")
-        probe = Binding(
-            aor="",
-            contact=str(contact.uri),
-            expires_at=0.0,
-            call_id="",
-            cseq=0,
-            instance_id=instance,
-            reg_id=int(reg_id)
-            if instance is not None and reg_id is not None and reg_id.isdigit()
-            else None,
-        )
-        return probe.key
+        if reg_id is None or not reg_id.isdigit():
+            return instance
+        return f"{instance};{int(reg_id)}"
 
     def _ok(
         self, req: Request, aor: str, now: float, *, outbound: bool, path: tuple[str, ...] = ()
@@ -371,8 +375,12 @@ class RegisterService:
             headers.append(("path", "Path", value))
         if outbound:
             headers.append(("require", "Require", "outbound"))
+        if self.router is not None:
+            primary = self.router.backup_primary(aor)
+            mode = "primary" if primary is None else f'backup;primary="{primary}"'
+            headers.append(("x-registrar-mode", "X-Registrar-Mode", mode))
         headers.append(("supported", "Supported", "path, outbound"))
-        headers.append(("date", "Date", email.utils.formatdate(now, usegmt=True)))
+        headers.append(("date", "Date", _http_date(now)))
         headers.append(("server", "Server", self.server_header))
         headers.append(cl)
         return resp
@@ -383,6 +391,18 @@ class RegisterService:
         for binding in self.location.by_flow(flow.id):
             if binding.reg_id is not None:
                 self.location.remove(binding.aor, binding.key, reason="deactivated")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date(now: float) -> str:
+    """RFC 1123 date for the ``Date`` header (RFC 3261 §20.17), cached per second."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
+    return _date_cache[1]
 
 
 def _to_tag(req: Request) -> str:

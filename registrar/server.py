@@ -24,12 +24,16 @@ from sipstack.framing import FramingLimits
 from sipstack.message import Request, Response, make_response
 from sipstack.transport.endpoint import EndpointConfig, SipEndpoint
 from sipstack.transport.flows import Flow, ListenSpec
-from sipstack.transport.tls import server_ssl_context
+from sipstack.transport.tls import client_ssl_context, server_ssl_context
 
 from . import __version__
 from .admin import AdminServer, binding_json
 from .checks import UNDERSTOOD_BODIES, InspectionPolicy, inspect_request
+from .events import EventId, emit
 from .location import LocationService
+from .pool.heartbeat import HeartbeatService
+from .pool.membership import Membership
+from .pool.routing import PoolRouter
 from .register import RegisterService, RegistrarSettings
 from .users import UserDirectory, normalize_aor
 
@@ -76,6 +80,8 @@ class FrontEndConfig:
         state_dir: where the FE keeps its bindings (``location.db``) and nonce secret.
         registrar: REGISTER policy (expiry bounds, contact limit, auth on/off).
         admin: ``host:port`` of the admin API, or ``None`` for none.
+        topology: the loaded :class:`registrar.topology.Topology` when this FE is part of a
+            pool (``registrar serve --topology FILE --fe FQDN``); ``fqdn`` names this FE in it.
     """
 
     listen: list[ListenSpec]
@@ -89,6 +95,7 @@ class FrontEndConfig:
     state_dir: Path | None = None
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     admin: tuple[str, int] | None = None
+    topology: Any = None
 
 
 class Dispatcher:
@@ -103,6 +110,7 @@ class Dispatcher:
         self.services: dict[str, Service] = {}
         self.policy = policy
         self.server_header = server_header
+        self.heartbeats: Any = None
         self.register("OPTIONS", self._options)
 
     def register(self, method: str, service: Service) -> None:
@@ -140,7 +148,11 @@ class Dispatcher:
         log.debug("stray %s from %s:%s dropped", response.status, *flow.remote)
 
     def _options(self, request: Request, flow: Flow) -> Response:
-        """OPTIONS (RFC 3261 §11.2): 200 with Allow, Accept, Supported."""
+        """OPTIONS (RFC 3261 §11.2): 200 with Allow, Accept, Supported; pool heartbeats
+        (DESIGN.md §4) go to the heartbeat service."""
+        heartbeats = self.heartbeats
+        if heartbeats is not None and request.body and heartbeats.is_heartbeat(request):
+            return heartbeats.handle(request, flow)  # type: ignore[no-any-return]
         resp = make_response(request, 200, to_tag=_tag(request))
         headers = resp.headers
         cl = headers.pop()  # keep Content-Length last
@@ -180,9 +192,18 @@ class FrontEnd:
                     "a tls listener needs --cert and --key (make them with 'registrar certs init')"
                 )
             server_ssl = server_ssl_context(config.cert, config.key, ca=config.ca)
+        client_ssl = None
+        if config.ca is not None:
+            # Outgoing TLS (pool peers): verify against the pool CA, present our certificate.
+            client_ssl = client_ssl_context(config.ca, config.cert, config.key)
         self.endpoint = SipEndpoint(
             self.dispatcher,
-            EndpointConfig(limits=config.limits, server_ssl=server_ssl, warning_agent=config.fqdn),
+            EndpointConfig(
+                limits=config.limits,
+                server_ssl=server_ssl,
+                client_ssl=client_ssl,
+                warning_agent=config.fqdn,
+            ),
         )
         state = config.state_dir
         self.location = LocationService(state / "location.db" if state is not None else None)
@@ -190,6 +211,10 @@ class FrontEnd:
         self.register: RegisterService | None = None
         self.admin: AdminServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.pool: Any = None
+        self.router: PoolRouter | None = None
+        self.membership: Membership | None = None
+        self.heartbeats: HeartbeatService | None = None
 
     async def start(self) -> None:
         """Restore bindings, load users, open every listener and the admin API.
@@ -221,6 +246,14 @@ class FrontEnd:
             )
             self.dispatcher.register("REGISTER", self.register)
             self.endpoint.on_flow_closed_hooks.append(self.register.on_flow_closed)
+        if config.topology is not None:
+            self._start_pool(config.topology)
+            from .regevent import RegEventService  # reg event package (RFC 3680)
+
+            self.regevent = RegEventService(
+                self.endpoint, self.location, self.register, server_header=self.server_header
+            )
+            self.dispatcher.register("SUBSCRIBE", self.regevent)
         self._tasks.append(asyncio.create_task(self._sweep()))
         for spec in config.listen:
             bound = await self.endpoint.listen(spec)
@@ -230,6 +263,46 @@ class FrontEnd:
             self.admin = AdminServer(self.status, self.bindings_json, self._gauges())
             host, port = await self.admin.start(*config.admin)
             log.info("admin API on http://%s:%s/status", host, port)
+
+    def _start_pool(self, topology: Any) -> None:
+        """Membership, router and heartbeats for this FE's pool (DESIGN.md §4)."""
+        fe = topology.fe(self.config.fqdn)
+        pool = topology.pool(fe.pool)
+        self.pool = pool
+        settings = topology.settings
+        self.membership = Membership(
+            self_id=fe.server_id,
+            commissioned={f.server_id: f.fqdn for f in pool.front_ends},
+            interval=float(settings.heartbeat_interval),
+            timeout=float(settings.heartbeat_timeout),
+            started=time.monotonic(),
+        )
+        users = self.users
+        self.router = PoolRouter(
+            topology,
+            pool,
+            fe,
+            self.membership,
+            home_pool=(lambda aor: _home_pool(users, aor)) if users is not None else None,
+        )
+        if self.register is not None:
+            self.register.router = self.router
+        self.heartbeats = HeartbeatService(
+            self.endpoint,
+            self.membership,
+            fe,
+            {f.server_id: f for f in pool.front_ends if f.server_id != fe.server_id},
+            topology_version=lambda: int(self.config.topology.version),
+        )
+        self.dispatcher.heartbeats = self.heartbeats
+        self.heartbeats.start()
+        emit(
+            EventId.TOPOLOGY_LOADED,
+            path=str(topology.path),
+            version=topology.version,
+            pool=pool.fqdn,
+            server_id=fe.server_id,
+        )
 
     async def _sweep(self) -> None:
         """Remove expired bindings every second (RFC 3261 §10.2.1: bindings time out)."""
@@ -258,6 +331,28 @@ class FrontEnd:
             "users": len(self.users) if self.users is not None else None,
             "messages": dict(self.endpoint.stats),
             "register": dict(self.register.stats) if self.register is not None else None,
+            "backup_mode": sum(
+                1 for aor in location.aors() if any(b.backup for b in location.lookup(aor))
+            ),
+            "rehome_pending": 0,
+            "pool": self._pool_status(),
+        }
+
+    def _pool_status(self) -> dict[str, Any] | None:
+        membership = self.membership
+        if membership is None or self.pool is None:
+            return None
+        now = time.monotonic()
+        return {
+            "fqdn": self.pool.fqdn,
+            "server_id": membership.self_id,
+            "topology_version": int(self.config.topology.version),
+            "up": list(membership.up_ids()),
+            "quorum": membership.quorum(),
+            "settled": membership.settled(now),
+            "peers": [membership.peer_state(sid) for sid in sorted(membership.peers)],
+            "router": dict(self.router.stats) if self.router is not None else None,
+            "heartbeats": dict(self.heartbeats.stats) if self.heartbeats is not None else None,
         }
 
     def bindings_json(self, aor: str) -> list[dict[str, Any]]:
@@ -285,12 +380,20 @@ class FrontEnd:
 
     async def stop(self) -> None:
         """Close listeners, connections and the admin API; flush the bindings to disk."""
+        emit(EventId.FE_STOPPING, fqdn=self.config.fqdn)
+        if self.heartbeats is not None:
+            await self.heartbeats.stop()
         for task in self._tasks:
             task.cancel()
         if self.admin is not None:
             await self.admin.stop()
         await self.endpoint.close()
         await asyncio.to_thread(self.location.close)
+
+
+def _home_pool(users: UserDirectory, aor: str) -> str | None:
+    record = users.get(aor)
+    return record.home_pool if record is not None else None
 
 
 def _nonce_secret(state_dir: Path | None) -> bytes:

@@ -399,7 +399,10 @@ class FeProcess:
         transports: listeners to open, each on a free port (or ``ports[transport]``).
         fqdn: ``--fqdn``; also names the certificate files ``<fqdn>.crt``/``.key``.
         args: further command-line arguments (``--header-timeout 2`` ...).
-        name: label of the log file.
+        name: label of the log file and of the state directory.
+        admin: serve the admin API on a free port (:attr:`admin_addr`); else ``--admin off``
+            (the default 127.0.0.1:5080 would clash between FEs).
+        state_dir: ``--state-dir`` (default ``workdir/<name>-state``, one per FE).
     """
 
     def __init__(
@@ -414,6 +417,8 @@ class FeProcess:
         name: str | None = None,
         ports: dict[str, int] | None = None,
         env: dict[str, str] | None = None,
+        admin: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.certs_dir = Path(certs_dir) if certs_dir is not None else None
@@ -425,6 +430,9 @@ class FeProcess:
         self.fixed_ports = dict(ports or {})
         self.env = env
         self.ports: dict[str, int] = {}
+        self.admin = admin
+        self.admin_addr: tuple[str, int] | None = None
+        self.state_dir = Path(state_dir) if state_dir else self.workdir / f"{self.name}-state"
         self.log_path = self.workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -444,6 +452,11 @@ class FeProcess:
 
     def command(self) -> list[str]:
         cmd = [*registrar_command(), "serve", "--fqdn", self.fqdn]
+        cmd += ["--state-dir", str(self.state_dir)]
+        if self.admin_addr is not None:
+            cmd += ["--admin", f"{self.admin_addr[0]}:{self.admin_addr[1]}"]
+        else:
+            cmd += ["--admin", "off"]
         for transport in self.transports:
             cmd += ["--listen", f"{transport}:{self.host}:{self.ports[transport]}"]
         if "tls" in self.transports:
@@ -465,6 +478,8 @@ class FeProcess:
         self.ports = {
             t: self.fixed_ports.get(t) or free_port(t, self.host) for t in self.transports
         }
+        if self.admin:
+            self.admin_addr = (self.host, free_port("tcp", self.host))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         env = dict(os.environ if self.env is None else self.env)

@@ -12,8 +12,8 @@ whole module, and the answer is checked against the class in ``MANIFEST.toml``:
 
 Over UDP a response to a request that parsed goes to the Via ``received`` address and the Via
 sent-by port (RFC 3261 §18.2.2), 5060 for most of the corpus. The client therefore sends from a
-loopback address of its own (``127.66.x.y``, so that port 5060 is free there) and listens on
-every port the message's Via header fields name.
+loopback address of its own (``127.66.x.y``, so that port 5060 is free there; a new one for
+each file) and listens on every port the message's Via header fields name.
 """
 
 from __future__ import annotations
@@ -108,32 +108,109 @@ MANIFEST_METHOD = {name: _method(_load(name)) for name in NAMES} if MANIFEST els
 # --------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def corpus_fe(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[FeProcess]:
-    fe = FeProcess(
-        tmp_path_factory.mktemp("conformance"),
-        certs_dir=certs_dir,
-        transports=("tcp", "udp"),
-        args=["--header-timeout", str(HEADER_TIMEOUT)],
-        name="fe-conformance",
-    )
-    fe.start_ready()
-    yield fe
-    code = fe.stop()
-    assert code == 0, f"FE exited with {code}:\n{fe.log_tail()}"
+_TOP_VIA = re.compile(
+    rb"^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[!-~]+[ \t]+([^;,\s]+)([^\r\n]*)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _transaction_key(data: bytes) -> tuple[bytes, ...] | None:
+    """Roughly the RFC 3261 §17.2.3 server transaction key: top Via branch and sent-by, and
+    the method. ``None`` when there is no such Via (those files never collide)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    via = _TOP_VIA.search(head)
+    if via is None:
+        return None
+    branch = re.search(rb";[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)", via.group(2), re.IGNORECASE)
+    method = head.split(b" ", 1)[0]
+    return (branch.group(1) if branch else b"", via.group(1).lower(), method)
+
+
+def _rounds() -> dict[str, int]:
+    """Which FE of its transport each file goes to: files sharing a transaction key go to
+    different FEs.
+
+    RFC 4475 reuses branch values: ``cparam01``/``cparam02``, ``escnull``/``regescrt`` and
+    ``unkscm``/``novelsc`` have the same branch, sent-by and method. The FE matches server
+    transactions by exactly those (RFC 3261 §17.2.3), so the second of a pair sent to the same
+    FE within a transaction's lifetime (32 s) is, correctly, a retransmission of the first:
+    absorbed, and answered over the first one's flow.
+    """
+    seen: dict[tuple[bytes, ...], int] = {}
+    rounds = {}
+    for name in NAMES:
+        key = _transaction_key(_load(name))
+        rounds[name] = seen.get(key, 0) if key is not None else 0
+        if key is not None:
+            seen[key] = rounds[name] + 1
+    return rounds
+
+
+ROUNDS = _rounds() if MANIFEST else {}
+
+
+class CorpusFes:
+    """FEs for the corpus, started on first use: one per (transport under test, round).
+
+    The same file goes to different FEs over UDP and over TCP for the same reason as in
+    :func:`_rounds`: by RFC 3261 §17.2.3 the TCP copy would match the UDP copy's transaction.
+    Each FE listens on TCP and UDP (for the final OPTIONS check) with ``--header-timeout 2``.
+    """
+
+    def __init__(self, workdir: Path, certs_dir: Path) -> None:
+        self.workdir = workdir
+        self.certs_dir = certs_dir
+        self.fes: dict[tuple[str, int], FeProcess] = {}
+
+    def get(self, transport: str, round_: int = 0) -> FeProcess:
+        key = (transport, round_)
+        if key not in self.fes:
+            fe = FeProcess(
+                self.workdir,
+                certs_dir=self.certs_dir,
+                transports=("tcp", "udp"),
+                args=["--header-timeout", str(HEADER_TIMEOUT)],
+                name=f"fe-conformance-{transport}-{round_}",
+            )
+            self.fes[key] = fe
+            fe.start_ready()
+        return self.fes[key]
+
+    def for_file(self, transport: str, name: str) -> FeProcess:
+        return self.get(transport, ROUNDS[name])
 
 
 @pytest.fixture(scope="module")
-def client_ip() -> str:
-    """A loopback address of our own, where the Via ports (5060 ...) are free to bind."""
+def corpus_fes(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[CorpusFes]:
+    fes = CorpusFes(tmp_path_factory.mktemp("conformance"), certs_dir)
+    try:
+        yield fes
+    finally:
+        codes = {fe.name: (fe.stop(), fe) for fe in fes.fes.values() if fe.proc is not None}
+    bad = {name: fe.log_tail() for name, (code, fe) in codes.items() if code != 0}
+    assert not bad, f"FEs exited with a non-zero code: {bad}"
+
+
+_used_ips: set[str] = set()
+
+
+def fresh_client_ip() -> str:
+    """A loopback address not used before in this run, where UDP port 5060 is free.
+
+    Each UDP exchange uses its own: an INVITE's final response is retransmitted until an ACK
+    arrives (RFC 3261 §17.2.1), and those retransmissions must not reach a later test.
+    """
     rng = random.Random()
-    for _ in range(50):
+    for _ in range(100):
         ip = f"127.66.{rng.randrange(1, 255)}.{rng.randrange(1, 255)}"
+        if ip in _used_ips:
+            continue
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.bind((ip, 5060))
         except OSError:
             continue
+        _used_ips.add(ip)
         return ip
     pytest.skip("no loopback address with UDP port 5060 free")
 
@@ -189,16 +266,18 @@ def udp_exchange(
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_udp(name: str, corpus_fe: FeProcess, client_ip: str) -> None:
+def test_udp(name: str, corpus_fes: CorpusFes) -> None:
+    fe = corpus_fes.for_file("udp", name)
     data = _load(name)
     expect = _expectation(name)
+    client_ip = fresh_client_ip()
     if expect == "no answer":
-        got = udp_exchange(client_ip, corpus_fe.addr("udp"), data, timeout=SILENCE)
+        got = udp_exchange(client_ip, fe.addr("udp"), data, timeout=SILENCE)
         assert got == [], f"{name} over udp: a response was answered: {got[0][:200]!r}"
         return
     # dblreq: only the first message of the datagram counts; wait a little for a second answer.
     linger = SILENCE if name == "dblreq" else 0.0
-    got = udp_exchange(client_ip, corpus_fe.addr("udp"), data, ANSWER_TIMEOUT, linger)
+    got = udp_exchange(client_ip, fe.addr("udp"), data, ANSWER_TIMEOUT, linger)
     assert got, f"{name} over udp: no answer (expected {expect})"
     if name == "dblreq":
         assert len(got) == 1, f"dblreq over udp: {len(got)} answers, expected exactly one"
@@ -206,14 +285,15 @@ def test_udp(name: str, corpus_fe: FeProcess, client_ip: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_tcp(name: str, corpus_fe: FeProcess) -> None:
+def test_tcp(name: str, corpus_fes: CorpusFes) -> None:
+    fe = corpus_fes.for_file("tcp", name)
     data = _load(name)
     if b"\r\n\r\n" not in data:
         # baddn.dat is printed in RFC 4475 without the empty line that ends its header block
         # (it has no body). A datagram ends the message anyway, but on a stream the FE would
         # wait for the rest until its header timeout: complete the header block.
         data += b"\r\n"
-    with SipStream("tcp", corpus_fe.addr("tcp")) as stream:
+    with SipStream("tcp", fe.addr("tcp")) as stream:
         stream.send(data)
         if name == "clerr":
             # Content-Length 9999 with fewer bytes sent: the FE waits for the body, then gives
@@ -230,12 +310,16 @@ def test_tcp(name: str, corpus_fe: FeProcess) -> None:
         _check(name, stream.recv_message(ANSWER_TIMEOUT), "tcp")
 
 
-def test_still_serving_after_corpus(corpus_fe: FeProcess) -> None:
-    """Runs after the parametrized tests (file order): the FE answers and logged no traceback."""
-    for transport in ("udp", "tcp"):
-        addr = corpus_fe.addr(transport)
-        response = sip_request(transport, addr, options_request(transport, addr), ANSWER_TIMEOUT)
-        assert status_of(response) == 200, f"OPTIONS over {transport}: {response!r}"
-    assert corpus_fe.running
-    log = corpus_fe.log_text()
-    assert "Traceback" not in log, log[-3000:]
+def test_still_serving_after_corpus(corpus_fes: CorpusFes) -> None:
+    """Runs after the parametrized tests (file order): every corpus FE answers OPTIONS over
+    both transports and logged no traceback."""
+    assert corpus_fes.fes, "no corpus FE ran"
+    for fe in corpus_fes.fes.values():
+        assert fe.running, f"{fe.name} died:\n{fe.log_tail()}"
+        for transport in ("udp", "tcp"):
+            addr = fe.addr(transport)
+            msg = options_request(transport, addr)
+            response = sip_request(transport, addr, msg, ANSWER_TIMEOUT)
+            assert status_of(response) == 200, f"{fe.name}: OPTIONS over {transport}: {response!r}"
+        log = fe.log_text()
+        assert "Traceback" not in log, log[-3000:]

@@ -1,0 +1,1 @@
+"""The pool: registrar sequences, membership (heartbeats), routing decisions (DESIGN.md §4)."""
