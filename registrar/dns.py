@@ -405,12 +405,15 @@ def build_zone(
             for addr in hosts[host]:
                 records.append(ZoneRecord(host, _addr_type(addr), str(addr), ttl))
 
+    notes_by_origin: dict[str, list[str]] = {}
+    for key in sorted(notes):
+        notes_by_origin.setdefault(origin_of(key), []).extend(notes[key])
     return Zone(
         origins=origins,
         records=tuple(records),
         serial=serial % SERIAL_MODULUS,
         ttl=ttl,
-        notes={origin_of(k): tuple(v) for k, v in notes.items()},
+        notes={k: tuple(dict.fromkeys(v)) for k, v in notes_by_origin.items()},
     )
 
 

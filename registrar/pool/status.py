@@ -100,14 +100,10 @@ def render(pools: list[dict[str, Any]]) -> str:
             f"{'rehome':>6} {'seen up by':>10}"
         )
         for fe in pool["front_ends"]:
-
-            def cell(key: str) -> str:
-                value = fe.get(key)
-                return "-" if value is None else str(value)
-
+            cell = {k: "-" if fe.get(k) is None else str(fe[k]) for k in fe}
             lines.append(
-                f"  {fe['fqdn']:24} {fe['server_id']:>3} {fe['state']:6} {cell('pid'):>7} "
-                f"{cell('aors'):>6} {cell('backup_mode'):>6} {cell('rehome_pending'):>6} "
+                f"  {fe['fqdn']:24} {fe['server_id']:>3} {fe['state']:6} {cell['pid']:>7} "
+                f"{cell['aors']:>6} {cell['backup_mode']:>6} {cell['rehome_pending']:>6} "
                 f"{fe['seen_up_by']:>10}"
             )
     return "\n".join(lines)
