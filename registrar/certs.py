@@ -1,6 +1,7 @@
 """Test/pool PKI: a private CA and one TLS certificate per front end (DESIGN.md §5).
 
-``registrar certs init`` writes into a directory (default ``certs/``):
+``registrar certs init`` writes into a directory (default ``certs/``; with ``--topology FILE``
+the topology's ``paths.certs``, and one certificate per FE of the topology):
 
 * ``ca.crt`` / ``ca.key`` — a self-signed CA (EC P-256), reused on later runs;
 * ``<fqdn>.crt`` / ``<fqdn>.key`` — per FE: subject CN = the FE's FQDN (never a wildcard,
@@ -32,6 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .topology import TopologyError, load_topology
 
 __all__ = [
     "CA_CERT_FILE",
@@ -419,20 +422,49 @@ def init_certs(out_dir: Path, names: Sequence[CertSpec], force: bool = False) ->
 def _names_from_args(args: argparse.Namespace) -> list[CertSpec]:
     """Turn parsed ``certs init`` options into the FE certificate specs to ensure.
 
-    Every FE named by ``--name`` gets the same ``--san`` DNS names and ``--ip`` addresses.
-    (Place for ``--topology FILE``: when given, the specs will come from the topology's FEs —
-    FE FQDN + pool FQDN as SAN DNS, FE IP as SAN IP — merged with any ``--name``.)
+    Without ``--topology``, every FE named by ``--name`` (default ``fe1.local``) gets the same
+    ``--san`` DNS names and ``--ip`` addresses (defaults ``localhost``, ``127.0.0.1``).
+
+    With ``--topology FILE``, every FE of the topology gets a certificate with SAN = its FQDN,
+    its pool's FQDN and its IP address, plus any explicit ``--san``/``--ip``; FEs named by
+    ``--name`` are added with the ``--san``/``--ip`` values (or the defaults).
+
+    Raises:
+        TopologyError: the topology file is invalid (a ValueError).
     """
-    fqdns = args.name or [DEFAULT_FE_NAME]
     sans = args.san if args.san is not None else list(DEFAULT_SANS)
     ips = args.ip if args.ip is not None else list(DEFAULT_IPS)
-    return [(fqdn, list(sans), list(ips)) for fqdn in fqdns]
+    if getattr(args, "topology", None) is None:
+        fqdns = args.name or [DEFAULT_FE_NAME]
+        return [(fqdn, list(sans), list(ips)) for fqdn in fqdns]
+    topo = load_topology(args.topology)
+    specs: list[CertSpec] = [
+        (fe.fqdn, [pool.fqdn, *(args.san or [])], [fe.ip, *(args.ip or [])])
+        for pool in topo.pools
+        for fe in pool.front_ends
+    ]
+    specs += [(fqdn, list(sans), list(ips)) for fqdn in args.name or []]
+    return specs
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    """``--out``, else the topology's ``paths.certs`` with ``--topology``, else ``certs/``."""
+    if args.out is not None:
+        return Path(args.out)
+    if getattr(args, "topology", None) is not None:
+        return load_topology(args.topology).paths.certs
+    return DEFAULT_OUT_DIR
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
     """Handler of ``registrar certs init``; returns the process exit code."""
     try:
         names = _names_from_args(args)
+        args.out = _out_dir(args)
+    except TopologyError as exc:
+        print(f"registrar certs init: {exc}", file=sys.stderr)
+        return 2
+    try:
         written = init_certs(args.out, names, force=args.force)
     except (ValueError, OSError) as exc:
         print(f"registrar certs init: error: {exc}", file=sys.stderr)
@@ -450,9 +482,10 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``certs`` command (subcommand ``init``) on an argparse subparsers object.
 
-    ``registrar certs init [--out DIR] [--name FQDN ...] [--san DNS ...] [--ip ADDR ...]
-    [--force] [--json]``. The handler is stored as ``args.func`` (``func(args) -> int`` exit
-    code: 0 success, 1 error, 2 usage); ``registrar certs`` alone prints help and returns 2.
+    ``registrar certs init [--out DIR] [--topology FILE] [--name FQDN ...] [--san DNS ...]
+    [--ip ADDR ...] [--force] [--json]``. The handler is stored as ``args.func``
+    (``func(args) -> int`` exit code: 0 success, 1 error, 2 usage or an invalid topology);
+    ``registrar certs`` alone prints help and returns 2.
 
     Args:
         subparsers: the result of ``ArgumentParser.add_subparsers()`` of the main CLI.
@@ -481,9 +514,10 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     init.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_OUT_DIR,
+        default=None,
         metavar="DIR",
-        help=f"output directory (default: {DEFAULT_OUT_DIR})",
+        help=f"output directory (default: the topology's paths.certs with --topology, else "
+        f"{DEFAULT_OUT_DIR})",
     )
     init.add_argument(
         "--name",
@@ -504,7 +538,13 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="ADDR",
         help=f"SAN IP address for every FE; repeatable (default: {' '.join(DEFAULT_IPS)})",
     )
-    # --topology FILE goes here (FEs, pool FQDN and IPs from the topology); see _names_from_args.
+    init.add_argument(
+        "--topology",
+        type=Path,
+        metavar="FILE",
+        help="issue one certificate per FE of this topology file (SAN: FE FQDN, pool FQDN, "
+        "FE IP, plus any --san/--ip) into its paths.certs directory unless --out is given",
+    )
     init.add_argument(
         "--force", action="store_true", help="create a new CA and reissue all certificates"
     )

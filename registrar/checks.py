@@ -36,6 +36,7 @@ UNDERSTOOD_BODIES = frozenset(
         "application/msrtc-category-publish+xml",
         "application/msrtc-presence-batchsub+xml",
         "application/simple-message-summary",
+        "application/vnd.registrar.heartbeat+json",  # pool heartbeats (registrar.pool.heartbeat)
         "message/sipfrag",
         "multipart/mixed",
         "multipart/related",

@@ -4,6 +4,12 @@
 ``registrar certs init``     make the CA and FE certificates
 ``registrar users ...``      manage the user directory (add, import, list, remove, set-password)
 ``registrar bindings AOR``   show a running FE's bindings for an AOR
+``registrar topology ...``   validate, show, commission, decommission a pool topology
+``registrar dns ...``        the pool's zone file and embedded DNS server
+``registrar pool up``        run a local pool (DNS + every FE as a process)
+``registrar status``         the pool as its FEs see it
+``registrar user-pool-info`` an AOR's registrar sequence and where it is registered
+``registrar client ...``     the pool client (register, load)
 
 Every command exits 0 on success, 1 on a runtime error and 2 on bad usage or configuration;
 configuration errors name the option (or file and key) and the fix.
@@ -22,7 +28,7 @@ from pathlib import Path
 from sipstack.framing import FramingLimits
 from sipstack.transport.flows import parse_listen
 
-from . import __version__, certs, users
+from . import __version__, certs, client, dns, poolinfo, topology, users
 from .admin import fetch_json, quote
 from .register import RegistrarSettings
 from .server import FrontEndConfig, run_frontend
@@ -462,8 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     certs.add_cli(sub)
     users.add_cli(sub)
+    topology.add_cli(sub)
+    dns.add_cli(sub)
     _add_bindings(sub)
     _add_pool(sub)
+    poolinfo.add_cli(sub)
+    client.add_cli(sub)
     return parser
 
 

@@ -123,8 +123,9 @@ class ZoneFrontEnd:
         fqdn: the FE's host name (``fe1.contoso.com``); case and a trailing dot are ignored.
         ip: its IPv4 or IPv6 address (an A or AAAA record).
         tls_port: SIP over TLS port (1..65535), normally 5061.
-        tcp_port: SIP over TCP port, or ``None`` when TCP is off (the default, DESIGN.md §5).
-        udp_port: SIP over UDP port, or ``None`` when UDP is off.
+        tcp_port: SIP over TCP port, or ``None`` (or 0, as in the topology file) when TCP is off
+            (the default, DESIGN.md §5).
+        udp_port: SIP over UDP port, or ``None`` (or 0) when UDP is off.
     """
 
     fqdn: str
@@ -249,7 +250,7 @@ def _check_host(name: str, what: str) -> str:
 
 
 def _check_port(port: Any, what: str, *, optional: bool) -> int | None:
-    if port is None and optional:
+    if optional and (port is None or port == 0):
         return None
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ZoneError(f"{what} {port!r} is not a port number (1..65535)")
@@ -354,10 +355,10 @@ def build_zone(
                 targets = [(pool_fqdn, on[0][1])]
             else:
                 targets = [(name, port) for name, port in on if port is not None]
-                why = "different ports" if len(distinct) > 1 else "it on only some FEs"
+                why = "uses different ports" if len(distinct) > 1 else "is on only some FEs"
                 for domain in domains:
                     notes.setdefault(domain, []).append(
-                        f"pool {pool_fqdn} has {transport.upper()} with {why}: its "
+                        f"pool {pool_fqdn}: {transport.upper()} {why}, so its "
                         f"{transport.upper()} SRV records name each FE, not the pool FQDN"
                     )
             for domain in domains:
@@ -374,6 +375,12 @@ def build_zone(
 
     def origin_of(name: str) -> str:
         return next(o for o in origins if name == o or name.endswith("." + o))
+
+    service_rank = {s: i for i, s in enumerate(s for group in SRV_SERVICES.values() for s in group)}
+
+    def srv_order(owner: str) -> tuple[str, int]:
+        first, second, domain = owner.split(".", 2)
+        return (domain, service_rank[f"{first}.{second}"])
 
     records: list[ZoneRecord] = []
     mname_for = {o: f"ns.{o}" for o in origins}
@@ -396,12 +403,12 @@ def build_zone(
             notes.setdefault(origin, []).append(
                 f"{ns} has no address: add an A record for the server that serves this zone"
             )
-        for owner in sorted(o for o in srv if origin_of(o) == origin):
+        for owner in sorted((o for o in srv if origin_of(o) == origin), key=srv_order):
             targets = srv[owner]
             weight = 0 if len(targets) == 1 else 1
             for target, port in targets:
                 records.append(ZoneRecord(owner, "SRV", f"0 {weight} {port} {target}.", ttl))
-        for host in sorted(h for h in hosts if origin_of(h) == origin):
+        for host in (h for h in hosts if origin_of(h) == origin):  # pools, then their FEs
             for addr in hosts[host]:
                 records.append(ZoneRecord(host, _addr_type(addr), str(addr), ttl))
 
@@ -475,7 +482,8 @@ def zone_from_topology(topology: Any, *, nameserver_ip: str | None = None) -> Zo
     """Adapt a ``registrar.topology.Topology`` to :func:`build_zone`.
 
     Reads (by attribute name) ``topology.pools`` → ``fqdn``, ``domains``, ``front_ends`` →
-    ``fqdn``, ``ip``, ``tls_port``, ``tcp_port``, ``udp_port``; ``topology.version`` (the
+    ``fqdn``, ``ip``, ``tls_port``, ``tcp_port``, ``udp_port`` (0 or ``None``: that transport
+    is off); ``topology.version`` (the
     serial); ``topology.dns_listen`` (``(host, port)``): when ``nameserver_ip`` is ``None`` and
     that host is a concrete address, it becomes the name server's address.
 
@@ -491,8 +499,8 @@ def zone_from_topology(topology: Any, *, nameserver_ip: str | None = None) -> Zo
                     fqdn=fe.fqdn,
                     ip=str(fe.ip),
                     tls_port=fe.tls_port,
-                    tcp_port=getattr(fe, "tcp_port", None),
-                    udp_port=getattr(fe, "udp_port", None),
+                    tcp_port=getattr(fe, "tcp_port", None) or None,
+                    udp_port=getattr(fe, "udp_port", None) or None,
                 )
                 for fe in pool.front_ends
             ),
@@ -772,10 +780,11 @@ class DnsServer:
                 raise RuntimeError("DnsServer already started")
             servers = self._bind()
             for server in servers:
+                stream = server.server.socket_type == socket.SOCK_STREAM
                 thread = threading.Thread(
                     target=server.server.serve_forever,
-                    kwargs={"poll_interval": 0.2},
-                    name=f"dns-{'tcp' if server.server.socket_type == socket.SOCK_STREAM else 'udp'}",
+                    kwargs={"poll_interval": 0.1},
+                    name=f"dns-{'tcp' if stream else 'udp'}",
                     daemon=True,
                 )
                 thread.start()
@@ -1037,8 +1046,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"from {args.topology}",
         flush=True,
     )
-    for origin in zone.origins:
-        print(f"  {origin}.", flush=True)
+    width = max(len(r.name) + 1 for r in zone.records)
+    for record in zone.records:
+        print(f"  {record.line(width)}", flush=True)
     try:
         while not stop.wait(args.poll_interval):
             current = _file_signature(args.topology)

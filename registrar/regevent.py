@@ -14,6 +14,9 @@ SUBSCRIBE (RFC 6665 §4.2.1, RFC 3680 §4):
    subscription gets ``481``.
 3. The Request-URI (or, when it has no user part, the To URI) is the AOR; its domain must be
    served here, else ``404``.
+   In a pool, a new subscription must reach the AOR's current registrar (where its
+   bindings are): the REGISTER service's pool router answers ``301`` to it (or ``503``)
+   exactly as for REGISTER, before authentication (DESIGN.md §4).
 4. The subscriber must authenticate as that AOR's user (digest through
    :meth:`RegisterService.authenticate`, realm = the domain): ``401``/``403`` otherwise, and
    someone else's credentials look like a wrong password (RFC 3680 §6 authorisation: only
@@ -253,18 +256,23 @@ class RegEventService:
     def __call__(self, req: Request, flow: Flow) -> Response:
         """Handle one SUBSCRIBE (a :data:`registrar.server.Service`).
 
-        Raises:
-            SipParseError: a malformed header the answer depends on (the endpoint answers
-                ``400``).
+        A malformed header the answer depends on (Event, Expires, Contact, Accept ...) gets
+        the :class:`~sipstack.errors.SipParseError` status (``400``) with a ``Warning``.
         """
-        package, event_id = _parse_event(req.get("event"))
-        if package != PACKAGE:
-            resp = make_response(req, 489)
-            _add(resp, "Allow-Events", PACKAGE)
+        try:
+            package, event_id = _parse_event(req.get("event"))
+            if package != PACKAGE:
+                resp = make_response(req, 489)
+                _add(resp, "Allow-Events", PACKAGE)
+                return resp
+            if req.to.tag is not None:
+                return self._in_dialog(req, flow, event_id)
+            return self._initial(req, flow, event_id)
+        except SipParseError as exc:
+            resp = make_response(req, exc.status)
+            reason = exc.reason.replace('"', "'").replace("\\", "/")[:200]
+            _add(resp, "Warning", f'399 {self.server_header.split("/")[0]} "{reason}"')
             return resp
-        if req.to.tag is not None:
-            return self._in_dialog(req, flow, event_id)
-        return self._initial(req, flow, event_id)
 
     def _initial(self, req: Request, flow: Flow, event_id: str | None) -> Response:
         domains = self.register.domains
@@ -276,6 +284,11 @@ class RegEventService:
             return make_response(req, 404, "Not Found")
         aor = "sip:" + uri.aor().split(":", 1)[1]
         realm = uri.host.lower()
+        router = getattr(self.register, "router", None)
+        if router is not None:  # the bindings live on the AOR's current registrar
+            redirect: Response | None = router.route(req, aor, flow.transport)
+            if redirect is not None:
+                return redirect
         denied = self._authenticate(req, flow, aor, realm)
         if denied is not None:
             return denied
@@ -692,8 +705,8 @@ def _parse_event(value: str | None) -> tuple[str | None, str | None]:
     """
     if value is None:
         return None, None
-    package, _, rest = value.partition(";")
-    params = parse_params(rest) if rest else {}
+    package, semi, rest = value.partition(";")
+    params = parse_params(semi + rest) if semi else {}
     event_id = next((v for k, v in params.items() if k.lower() == "id"), None)
     return package.strip().lower(), event_id
 

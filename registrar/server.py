@@ -246,14 +246,14 @@ class FrontEnd:
             )
             self.dispatcher.register("REGISTER", self.register)
             self.endpoint.on_flow_closed_hooks.append(self.register.on_flow_closed)
-        if config.topology is not None:
-            self._start_pool(config.topology)
             from .regevent import RegEventService  # reg event package (RFC 3680)
 
             self.regevent = RegEventService(
                 self.endpoint, self.location, self.register, server_header=self.server_header
             )
             self.dispatcher.register("SUBSCRIBE", self.regevent)
+        if config.topology is not None:
+            self._start_pool(config.topology)
         self._tasks.append(asyncio.create_task(self._sweep()))
         for spec in config.listen:
             bound = await self.endpoint.listen(spec)

@@ -4,7 +4,8 @@
 #  * .venv (python3 -m venv) with the project installed editable with its test extras;
 #    reinstalled only when pyproject.toml or the Python version changed (stamp in .venv).
 #  * Debian packages whose commands the tests use, installed only if a command is missing:
-#    sipp (sip-tester), sipsak, openssl, pgrep/pkill (procps).
+#    sipp (sip-tester), sipsak, openssl, pgrep/pkill (procps), svwar/svcrack (sipvicious),
+#    baresip (baresip-core).
 #
 # Works from any directory, as root or via sudo. Environment:
 #   PYTHON=python3            interpreter used to create the venv
@@ -64,7 +65,8 @@ can_apt() {
 
 # command:package pairs
 missing_pkgs=()
-for pair in sipp:sip-tester sipsak:sipsak openssl:openssl pgrep:procps pkill:procps; do
+for pair in sipp:sip-tester sipsak:sipsak openssl:openssl pgrep:procps pkill:procps \
+    svwar:sipvicious svcrack:sipvicious baresip:baresip-core; do
     cmd=${pair%%:*} pkg=${pair#*:}
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing_pkgs[*]-} " != *" $pkg "* ]]; then
         missing_pkgs+=("$pkg")
