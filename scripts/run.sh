@@ -1,23 +1,14 @@
 #!/usr/bin/env bash
-# Run one local FE: setup.sh, certificates in certs/ if missing, then `registrar serve` on
-# loopback (TLS 5061, TCP 5060, UDP 5060). Extra arguments are passed to `registrar serve`.
-# Environment: REGISTRAR_FQDN (default fe1.local) names the FE certificate.
+# The main job: set everything up (scripts/setup.sh), then run a local pool of four front ends
+# on 127.0.1.1-127.0.1.4 with its DNS server on 127.0.1.53:5353, from examples/contoso.toml.
+# Certificates (run/certs) and a demo user directory (run/users.db: sip:user0001@contoso.com ...
+# sip:user2000@contoso.com, password "demo") are created when missing. Ctrl-C stops the pool.
+# Extra arguments go to `registrar pool up` (e.g. --restart-failed).
+# Environment: REGISTRAR_TOPOLOGY picks another topology file.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 
-name=${REGISTRAR_FQDN:-fe1.local}
-if [ ! -s certs/ca.crt ] || [ ! -s "certs/$name.crt" ] || [ ! -s "certs/$name.key" ]; then
-    echo "run: generating certificates in certs/"
-    .venv/bin/registrar certs init --out certs --name "$name"
-fi
-
-exec .venv/bin/registrar serve \
-    --listen tls:127.0.0.1:5061 \
-    --listen tcp:127.0.0.1:5060 \
-    --listen udp:127.0.0.1:5060 \
-    --cert "certs/$name.crt" \
-    --key "certs/$name.key" \
-    "$@"
+exec .venv/bin/registrar pool up --topology "${REGISTRAR_TOPOLOGY:-examples/contoso.toml}" "$@"
