@@ -396,12 +396,36 @@ def _add_pool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up.add_argument("--restart-failed", action="store_true", help="restart FEs that exit")
     up.add_argument("--log-dir", type=Path, help="children's logs (default: STATE_DIR/logs)")
     up.set_defaults(func=_pool_up)
+    init = sub.add_parser(
+        "init",
+        help="make the certificates and the demo user directory of a topology, if missing",
+        description="What 'pool up' prepares, without starting anything (containers, operators).",
+    )
+    init.add_argument("--topology", type=Path, required=True, metavar="FILE")
+    init.add_argument("--users", type=int, default=2000, help="demo users to create (default 2000)")
+    init.set_defaults(func=_pool_init)
     pool.set_defaults(func=lambda args: (pool.print_help(sys.stderr), 2)[1])
 
     status = subparsers.add_parser("status", help="the pool as its FEs see it")
     status.add_argument("--topology", type=Path, required=True, metavar="FILE")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_status)
+
+
+def _pool_init(args: argparse.Namespace) -> int:
+    from .pool.supervisor import ensure_certs, ensure_demo_users
+    from .topology import TopologyError, load_topology
+
+    try:
+        topology = load_topology(args.topology)
+    except TopologyError as exc:
+        print(f"registrar pool init: {exc}", file=sys.stderr)
+        return 2
+    written = ensure_certs(topology)
+    print(f"certificates: {len(written)} files written in {topology.paths.certs}")
+    created = ensure_demo_users(topology, args.users)
+    print(f"user directory {topology.paths.users_db}: {created} demo users created")
+    return 0
 
 
 def _pool_up(args: argparse.Namespace) -> int:

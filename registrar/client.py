@@ -1162,7 +1162,10 @@ class PoolClient:
         auth_rounds = 0
         answered_fresh = False  # our last request answered the challenge of the response before
         interval_retry = False
-        algorithm: str | None = None
+        auth = self._auth
+        algorithm = (
+            (auth.challenge.algorithm or "MD5") if auth and auth.flow_id == flow.id else None
+        )
         try:
             while True:
                 req, contact = self._request_for(flow, expires)
@@ -1915,14 +1918,15 @@ async def _load_main(args: argparse.Namespace, dns: str, ca: Path | None, passwo
                 except ClientError as exc:
                     failures[_failure_reason(exc)] += 1
         done += 1
-        while done * 100 >= next_mark * total and next_mark <= 100:
+        percent = done * 100 // total
+        if percent >= next_mark:  # one line per 10 % step crossed
             print(
-                f"progress: {done}/{total} ({next_mark}%), {len(results)} registered, "
+                f"progress: {done}/{total} ({percent}%), {len(results)} registered, "
                 f"{sum(failures.values())} failed, {time.monotonic() - started:.1f}s",
                 file=sys.stderr,
                 flush=True,
             )
-            next_mark += 10
+            next_mark = (percent // 10 + 1) * 10
 
     try:
         await asyncio.gather(*(one(c) for c in clients))

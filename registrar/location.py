@@ -126,8 +126,11 @@ CREATE TABLE IF NOT EXISTS bindings (
     backup        INTEGER NOT NULL,
     registered_at REAL    NOT NULL,
     PRIMARY KEY (aor, key)
-) WITHOUT ROWID
+)
 """
+# A rowid table (the primary key is a separate index) rather than WITHOUT ROWID: rows are
+# ~300 bytes, too large for an efficient WITHOUT ROWID b-tree; INSERT OR REPLACE of a refresh
+# then appends to the table and costs about half the CPU (bench/location_memory.py).
 _COLUMNS = (
     "aor, key, contact, expires_at, call_id, cseq, q, instance_id, reg_id, source, path,"
     " user_agent, backup, registered_at"
@@ -772,9 +775,9 @@ class LocationService:
         if now is None:
             now = self._clock()
         expired: list[Binding] = []
-        due = self._due
-        while due and due[0] <= now:
-            second = heapq.heappop(due)
+        # (self._due is re-read each time: a listener's put() may rebuild it, see _compact)
+        while self._due and self._due[0] <= now:
+            second = heapq.heappop(self._due)
             bucket = self._buckets.pop(second, ())
             self._filed -= len(bucket)
             for aor in bucket:

@@ -259,7 +259,8 @@ class PoolSpec:
 
     @property
     def by_id(self) -> dict[int, FrontEndSpec]:
-        """Server ID → FE, for the commissioned IDs (the physical registrar sequence's map)."""
+        """Server ID → FE, for the commissioned IDs (the physical registrar sequence's map).
+        Built on each access (at most 10 entries): keep a reference in hot paths."""
         return {fe.server_id: fe for fe in self.front_ends}
 
     @property
@@ -893,9 +894,15 @@ class _Validator:
             )
             site = self.site_ref(t, where, sites, None)
             front_ends: list[FrontEndSpec] = []
-            fes = t.get("front_ends", [])
+            fes = self.tables(t.get("front_ends", []), f"{where}.front_ends", "pools.front_ends")
+            declared = {
+                ft["server_id"]
+                for ft in fes
+                if isinstance(ft.get("server_id"), int) and not isinstance(ft["server_id"], bool)
+            }
+            free = [i for i in range(1, max_servers + 1) if i not in declared]
             ids: dict[int, str] = {}
-            for f, ft in enumerate(self.tables(fes, f"{where}.front_ends", "pools.front_ends")):
+            for f, ft in enumerate(fes):
                 fe = self.front_end(
                     ft,
                     f"{where}.front_ends[{f}]",
@@ -905,13 +912,11 @@ class _Validator:
                     sites,
                     settings,
                     ids,
+                    free,
                     fe_seen,
                     ports_seen,
-                    pool_seen,
                 )
                 front_ends.append(fe)
-            if len(front_ends) > max_servers:  # pragma: no cover - caught as a duplicate ID
-                raise self.fail(f"{where}.front_ends", "more FEs than max_servers")
             pools.append(PoolSpec(fqdn, domains, max_servers, site, tuple(front_ends)))
         for pool in pools:
             for fe in pool.front_ends:
@@ -965,10 +970,12 @@ class _Validator:
         sites: list[SiteSpec],
         settings: Settings,
         ids: dict[int, str],
+        free: list[int],
         fe_seen: dict[str, str],
         ports_seen: dict[tuple[str, str, int], str],
-        pool_seen: dict[str, str],
     ) -> FrontEndSpec:
+        """One FE; ``ids`` (server ID -> who uses it), ``fe_seen`` and ``ports_seen`` collect
+        what earlier FEs took; ``free`` lists the IDs no FE of the pool declares."""
         self.keys(t, _FE_KEYS, where)
         fqdn = self.dns_name(
             self.string(t, "fqdn", where, fix='add fqdn = "fe1.contoso.com"'),
@@ -982,7 +989,6 @@ class _Validator:
                 "FE FQDNs are unique across all pools; remove or rename one",
             )
         fe_seen[fqdn] = where
-        free = [i for i in range(1, max_servers + 1) if i not in ids]
         free_text = ", ".join(map(str, free)) if free else "none"
         fix_id = (
             f"pick a free ID in 1..{max_servers} (free: {free_text}) or run 'registrar "
@@ -1164,9 +1170,26 @@ def _render(doc: tomlkit.TOMLDocument, current: int) -> tuple[str, int]:
     return f"version = {new}\n\n" + tomlkit.dumps(doc).rstrip("\n") + "\n", new
 
 
-def _find_pool_table(doc: tomlkit.TOMLDocument, fqdn: str) -> Any:
-    for table in doc.get("pools", []):
+def _find_pool_table(doc: tomlkit.TOMLDocument, fqdn: str, path: Path | str) -> Any:
+    """The tomlkit table of pool ``fqdn``; pools and their FEs must be written as
+    ``[[pools]]`` / ``[[pools.front_ends]]`` tables (not inline) for an edit."""
+    fix = (
+        "write pools and front ends as [[pools]] and [[pools.front_ends]] tables (see "
+        "examples/contoso.toml), then run the command again"
+    )
+    pools = doc.get("pools")
+    if not isinstance(pools, tomlkit.items.AoT):
+        raise TopologyError(path, "pools", "pools are written inline; cannot edit them", fix)
+    for i, table in enumerate(pools):
         if _fold(str(table.get("fqdn", ""))) == fqdn:
+            fes = table.get("front_ends")
+            if fes is not None and not isinstance(fes, tomlkit.items.AoT):
+                raise TopologyError(
+                    path,
+                    f"pools[{i}].front_ends",
+                    "front ends are written inline; cannot edit them",
+                    fix,
+                )
             return table
     raise AssertionError(f"pool {fqdn} vanished from the parsed document")  # pragma: no cover
 
@@ -1299,6 +1322,8 @@ def commission(
     fe = tomlkit.table()
     fe.add("fqdn", name)
     fe.add("server_id", server_id)
+    with contextlib.suppress(ValueError):  # a bad IP is written as given and reported below
+        ip = str(ipaddress.ip_address(ip.strip()))
     fe.add("ip", ip.strip())
     fe.add("tls_port", tls_port)
     if tcp_port is not None:
@@ -1308,7 +1333,7 @@ def commission(
     fe.add("admin_port", admin_port)
     fe.add("site", site if site is not None else pool.site)
 
-    table = _find_pool_table(doc, pool.fqdn)
+    table = _find_pool_table(doc, pool.fqdn, path)
     aot = table.get("front_ends")
     if aot is not None and len(aot):
         keep_item, tail = _detach_tail(aot[-1].value, len(aot[-1].value.body))
@@ -1367,7 +1392,7 @@ def decommission(path: Path | str, fe_fqdn: str) -> Topology:
         raise TopologyError(
             path, "pools", f"no front end {fe_fqdn!r} in the topology", f"commissioned FEs: {names}"
         ) from None
-    table = _find_pool_table(doc, fe.pool)
+    table = _find_pool_table(doc, fe.pool, path)
     aot = table["front_ends"]
     index = next(i for i, t in enumerate(aot) if _fold(str(t.get("fqdn", ""))) == name)
 
@@ -1554,15 +1579,10 @@ def _cmd_commission(args: argparse.Namespace) -> int:
 def _cmd_decommission(args: argparse.Namespace) -> int:
     try:
         old = load_topology(args.file)
-        fe = (
-            old.fe(args.fqdn)
-            if any(f.fqdn == _fold(args.fqdn) for f in old.all_front_ends())
-            else None
-        )
         topo = decommission(args.file, args.fqdn)
     except TopologyError as exc:
         return _fail(args, exc)
-    assert fe is not None
+    fe = old.fe(args.fqdn)  # decommission() found it there
     if args.json:
         print(
             json.dumps(
@@ -1623,7 +1643,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description="Check a topology file; exit 0 if valid, else 2 with "
         "the key, the problem and a fix.",
     )
-    validate.add_argument("file", type=Path, metavar="FILE")
+    validate.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
     validate.set_defaults(func=_cmd_validate)
 
@@ -1632,7 +1652,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="print pools, FEs, server IDs, ports and settings",
         description="Print the validated topology with defaults filled in.",
     )
-    show.add_argument("file", type=Path, metavar="FILE")
+    show.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
     show.add_argument("--json", action="store_true", help="print JSON (docs/topology.md)")
     show.set_defaults(func=_cmd_show)
 
@@ -1643,7 +1663,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "bumps the topology version, validates and rewrites the file atomically keeping its "
         "comments. Prints the assigned ID.",
     )
-    com.add_argument("file", type=Path, metavar="FILE")
+    com.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
     com.add_argument("--pool", required=True, metavar="FQDN", help="the pool's FQDN")
     com.add_argument("--fqdn", required=True, metavar="FQDN", help="the new FE's FQDN")
     com.add_argument("--ip", required=True, metavar="ADDR", help="the new FE's IP address")
@@ -1687,7 +1707,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "pool the FE drains first (stops accepting, re-homes its users, exits); this command "
         "edits the file.",
     )
-    dec.add_argument("file", type=Path, metavar="FILE")
+    dec.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
     dec.add_argument("--fqdn", required=True, metavar="FQDN", help="the FE to remove")
     dec.add_argument("--json", action="store_true", help="print the result as JSON")
     dec.set_defaults(func=_cmd_decommission)

@@ -5,7 +5,7 @@
 #    reinstalled only when pyproject.toml or the Python version changed (stamp in .venv).
 #  * Debian packages whose commands the tests use, installed only if a command is missing:
 #    sipp (sip-tester), sipsak, openssl, pgrep/pkill (procps), svwar/svcrack (sipvicious),
-#    baresip (baresip-core).
+#    baresip (baresip-core), docker-compose (validates docker-compose.yml; no engine needed).
 #
 # Works from any directory, as root or via sudo. Environment:
 #   PYTHON=python3            interpreter used to create the venv
@@ -66,7 +66,7 @@ can_apt() {
 # command:package pairs
 missing_pkgs=()
 for pair in sipp:sip-tester sipsak:sipsak openssl:openssl pgrep:procps pkill:procps \
-    svwar:sipvicious svcrack:sipvicious baresip:baresip-core; do
+    svwar:sipvicious svcrack:sipvicious baresip:baresip-core docker-compose:docker-compose; do
     cmd=${pair%%:*} pkg=${pair#*:}
     if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing_pkgs[*]-} " != *" $pkg "* ]]; then
         missing_pkgs+=("$pkg")

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SipParseError
-from .uri import SipUri, Uri, parse_uri
+from .uri import FAST_SIP_PATTERN, SipUri, Uri, fast_sip_uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -108,6 +108,7 @@ _PARAM_ITEM_RE = re.compile(
     re.DOTALL,
 )
 # One element of a comma-separated list: commas inside quotes or <...> do not count.
+_findall_params = _PARAM_ITEM_RE.findall
 _LIST_ELEMENT_RE = re.compile(rf'(?:[^,"<]++|{_QUOTED}|<[^>]*+>)*+', re.DOTALL)
 _QUOTED_RE = re.compile(rf"{_QUOTED}", re.DOTALL)
 _UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
@@ -205,7 +206,7 @@ def parse_params(text: str) -> dict[str, str | None]:
     """
     params: dict[str, str | None] = {}
     total = 0
-    for whole, name, value in _PARAM_ITEM_RE.findall(text):
+    for whole, name, value in _findall_params(text):
         total += len(whole)
         params[name.lower()] = value or None
     if total == len(text):
@@ -255,8 +256,11 @@ def parse_uint(text: str, limit: int, what: str) -> int:
     Raises:
         SipParseError: not ASCII digits, or larger than ``limit`` (RFC 4475 §3.1.2.4).
     """
-    if not text.isdigit():
-        text = text.strip(" \t")
+    if text.isdigit() and text.isascii() and len(text) < 19:
+        value = int(text)
+        if value <= limit:
+            return value
+    text = text.strip(" \t")
     if not text or not text.isdigit() or not text.isascii():
         raise SipParseError(f"bad {what}: {text[:40]!r}")
     if len(text) > 20:
@@ -387,7 +391,13 @@ def parse_via(value: str) -> Via:
         if port_num > 65535:
             raise SipParseError(f"bad Via port {port}")
     if ptext:
-        params = parse_params(ptext)
+        params = {}
+        total = 0
+        for whole, pname, pvalue in _findall_params(ptext):
+            total += len(whole)
+            params[pname.lower()] = pvalue or None
+        if total != len(ptext):
+            params = _parse_params_slow(ptext)
         if "rport" in params:
             rport = params["rport"]
             if rport is not None and (not rport.isdigit() or len(rport) > 5 or int(rport) > 65535):
@@ -517,6 +527,15 @@ def _parse_quoted(text: str, start: int) -> tuple[str, int]:
     return content, m.end()
 
 
+# The common name-addr: a quoted display name without escapes or a token display name, then
+# <common SIP URI>, then whatever follows (header parameters).
+_NAME_ADDR_FAST_RE = re.compile(
+    rf'(?:"([^"\\]*)"[ \t]*|([{_TOKEN_CHARS}][{_TOKEN_CHARS} \t]*?)[ \t]*)?'
+    rf"<{FAST_SIP_PATTERN}>(.*)\Z",
+    re.DOTALL,
+)
+
+
 def parse_name_addr(value: str) -> NameAddr:
     """Parse one From/To/Contact/Route element (already split at list commas).
 
@@ -529,16 +548,31 @@ def parse_name_addr(value: str) -> NameAddr:
             (§3.1.2.15), an addr-spec holding ``,`` ``?`` or spaces in its URI (§3.1.2.13),
             missing ``>``, or a bad URI or parameter.
     """
-    if value[:1] == "<":
-        # Fast path: <uri>;params, no display name.
-        gt = value.find(">")
-        if gt > 0:
-            uri_text = value[1:gt]
-            if uri_text[:1] in " \t" or uri_text[-1:] in " \t":
-                uri_text = uri_text.strip(" \t")
-            rest = value[gt + 1 :]
-            params = parse_params(rest) if rest else {}
-            return NameAddr(parse_uri(uri_text), None, params)
+    m = _NAME_ADDR_FAST_RE.match(value)
+    if m is not None:
+        quoted, tokens, scheme, user, host, port, ptext, rest = m.groups()
+        uri = fast_sip_uri(scheme, user, host, port, ptext)
+        if quoted is not None:
+            display: str | None = quoted
+        elif tokens is not None:
+            display = " ".join(tokens.split())
+        else:
+            display = None
+        if not rest:
+            return NameAddr(uri, display, {})
+        params: dict[str, str | None] = {}
+        total = 0
+        for whole, pname, pvalue in _findall_params(rest):
+            total += len(whole)
+            params[pname.lower()] = pvalue or None
+        if total != len(rest):
+            params = _parse_params_slow(rest)
+        return NameAddr(uri, display, params)
+    return _parse_name_addr_slow(value)
+
+
+def _parse_name_addr_slow(value: str) -> NameAddr:
+    """The reference implementation of :func:`parse_name_addr`, with precise errors."""
     value = value.strip(" \t")
     if value == "*":
         return NameAddr(None, wildcard=True)

@@ -436,6 +436,7 @@ class FeProcess:
         self.log_path = self.workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._log_start = 0  # offset of the current start's output in the log file
 
     # ----------------------------------------------------------------- addresses
     def addr(self, transport: str) -> tuple[str, int]:
@@ -485,6 +486,7 @@ class FeProcess:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
             log.write(f"=== start {self.starts}: {' '.join(self.command())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
@@ -505,7 +507,7 @@ class FeProcess:
             try:
                 return self.wait_ready(timeout)
             except RuntimeError:
-                if attempt + 1 < attempts and "cannot listen" in self.log_text():
+                if attempt + 1 < attempts and "cannot listen" in self.log_text(since_start=True):
                     self.kill()
                     continue
                 raise
@@ -592,11 +594,13 @@ class FeProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
 
-    def log_text(self) -> str:
+    def log_text(self, since_start: bool = False) -> str:
+        """The FE's output (every start, or only the latest with ``since_start``)."""
         try:
-            return self.log_path.read_text(errors="replace")
+            data = self.log_path.read_bytes()
         except FileNotFoundError:
             return ""
+        return data[self._log_start if since_start else 0 :].decode(errors="replace")
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

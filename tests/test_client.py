@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import queue
 import random
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 from dnslib import QTYPE, RCODE, RR, SRV, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
-from procs import REPO, FeProcess, free_port, registrar_command
+from procs import REPO, FeProcess, free_port
 
 from registrar.admin import fetch_json, quote
 from registrar.client import (
@@ -372,12 +373,14 @@ class Pool:
         return rows
 
 
-def _run_cli(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [*registrar_command(), *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, f"{args}: {proc.stdout}{proc.stderr}"
-    return proc
+def _run_cli(args: list[str]) -> None:
+    """Run a ``registrar`` command in this process (faster than a subprocess)."""
+    from registrar.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    assert code == 0, f"{args}: {out.getvalue()}{err.getvalue()}"
 
 
 def _shared_port() -> int:
@@ -638,18 +641,22 @@ async def test_flow_loss_reregisters_from_dns_on_the_other_fe(pool: Pool) -> Non
 
 
 class FakeRegistrar:
-    """A TLS SIP server (the project's SipEndpoint) answering every REGISTER with 301."""
+    """A TLS SIP server (the project's SipEndpoint) answering every REGISTER with 301 to
+    :attr:`contact`, after the scripted answers in :attr:`script` (status, headers) are used."""
 
     def __init__(self, contact: str) -> None:
         self.contact = contact
         self.requests: list[Request] = []
+        self.script: list[tuple[int, list[tuple[str, str]]]] = []
 
     def handle_request(self, request: Request, flow: Flow) -> Response | None:
         if request.method == "ACK":
             return None
         self.requests.append(request)
-        resp = make_response(request, 301, to_tag="fake")
-        resp.headers.insert(-1, ("contact", "Contact", self.contact))
+        status, headers = self.script.pop(0) if self.script else (301, [("Contact", self.contact)])
+        resp = make_response(request, status, to_tag="fake")
+        for name, value in headers:
+            resp.headers.insert(-1, (name.lower(), name, value))
         return resp
 
     def handle_response(self, response: Response, flow: Flow) -> None:
@@ -703,6 +710,67 @@ async def test_more_than_ten_redirects_fail(pool: Pool) -> None:
 
 
 @pytest.mark.network
+async def test_503_retry_after_is_waited_out(pool: Pool) -> None:
+    """503 + Retry-After: wait, try again (bounded); 503 without it: a retryable failure."""
+    fake, endpoint, _ = await _fake(pool, f"<sip:{FE1}:{pool.port};transport=tls>")
+    fake.script = [(503, [("Retry-After", "1")])]
+    events = Recorder()
+    try:
+        async with PoolClient(
+            "sip:alice@contoso.com", "secret", pool.dns, pool.ca, on_event=events
+        ) as client:
+            started = time.monotonic()
+            result = await client.register()
+            assert time.monotonic() - started >= 1.0  # Retry-After honoured (a lower bound)
+            assert (result.fe_fqdn, result.redirects) == (FE1, 1)
+            assert [e["seconds"] for e in events.of("retry-after")] == [1]
+            assert len(fake.requests) == 2
+            fake.script = [(503, [])]
+            with pytest.raises(RegistrationError) as info:
+                await client.register()
+            assert info.value.status == 503 and info.value.retryable
+            fake.script = [(503, [("Retry-After", "1")])] * 5
+            client.max_retry_after = 2
+            with pytest.raises(RegistrationError, match="Retry-After"):
+                await client.register()
+    finally:
+        await endpoint.close()
+
+
+@pytest.mark.network
+async def test_run_refreshes_and_sends_keepalives(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run(): refreshes over the same connection (pre-emptive digest, nc 2, 3 ...) at the
+    refresh time, and CRLF keep-alives in between; the FE keeps the binding."""
+    monkeypatch.setattr("registrar.client.refresh_delay", lambda expires, rng=None: 0.6)
+    monkeypatch.setattr("registrar.client.KEEPALIVE_INTERVAL", 0.25)
+    events = Recorder()
+    stop = asyncio.Event()
+    client = PoolClient("sip:alice@contoso.com", "secret", pool.dns, pool.ca, on_event=events)
+    task = asyncio.create_task(client.run(stop))
+    try:
+        await eventually(lambda: client.stats["refreshes"] >= 2, message=str(events.names()))
+        first = events.of("registered")[0]
+        for refreshed in events.of("refreshed"):
+            assert refreshed["contact"] == first["contact"]
+            assert refreshed["fe_fqdn"] == first["fe_fqdn"]
+            assert refreshed["algorithm"] == "SHA-256"
+        assert events.names().count("challenged") == 1  # refreshes reuse the nonce
+        assert events.names().count("connected") == 1
+        assert "keepalive" in events.names()
+        assert client.registered
+        assert await asyncio.to_thread(
+            _bound_to, pool, first["fe_fqdn"], client.aor, first["contact"]
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE)
+        assert await client.unregister()
+        await client.close()
+
+
+@pytest.mark.network
 async def test_wrong_password_fails_without_retrying(pool: Pool) -> None:
     async with PoolClient("sip:mallory@contoso.com", "wrong", pool.dns, pool.ca) as client:
         with pytest.raises(AuthenticationError, match="rejected the credentials") as info:
@@ -711,6 +779,44 @@ async def test_wrong_password_fails_without_retrying(pool: Pool) -> None:
         stop = asyncio.Event()
         with pytest.raises(AuthenticationError):
             await asyncio.wait_for(client.run(stop), DEADLINE)
+
+
+async def test_handler_answers_registrar_requests() -> None:
+    """NOTIFY on a client's flow → 200 and kept; OPTIONS → 200; others → 405 with Allow."""
+    endpoint = client_endpoint(None)
+    client = PoolClient("sip:alice@contoso.com", "x", "127.0.0.1:9", endpoint=endpoint)
+    handler = endpoint.handler
+    flow = _flow()
+    handler.attach(flow, client)
+
+    def request(method: str, *extra: tuple[str, str]) -> Request:
+        req = Request(method, "sip:alice@127.0.0.1:40000;transport=tls")
+        for name, value in (
+            ("Via", "SIP/2.0/TLS 127.0.1.1:5061;branch=z9hG4bKn1"),
+            ("From", "<sip:alice@contoso.com>;tag=s1"),
+            ("To", "<sip:alice@contoso.com>;tag=c1"),
+            ("Call-ID", "sub1"),
+            ("CSeq", f"1 {method}"),
+            *extra,
+        ):
+            req.add(name, value)
+        return req
+
+    notify = request("NOTIFY", ("Event", "reg"), ("Subscription-State", "active"))
+    resp = handler.handle_request(notify, flow)
+    assert resp is not None and resp.status == 200
+    assert list(client.notifications) == [notify]
+    options = handler.handle_request(request("OPTIONS"), flow)
+    assert (
+        options is not None and options.status == 200 and "NOTIFY" in (options.get("allow") or "")
+    )
+    invite = handler.handle_request(request("INVITE"), flow)
+    assert invite is not None and invite.status == 405 and invite.get("allow")
+    assert handler.handle_request(request("ACK"), flow) is None
+    stranger = handler.handle_request(request("NOTIFY"), _flow(40001))
+    assert stranger is not None and stranger.status == 481
+    await client.close()
+    await endpoint.close()
 
 
 async def test_shared_endpoint_opens_a_connection_per_client() -> None:
@@ -797,7 +903,7 @@ def test_cli_load_registers_fifty_users(pool: Pool) -> None:
     proc = subprocess.run(
         _client_cmd(
             "load", "--users", str(LOAD_USERS), "--password", "demo", "--dns", pool.dns,
-            "--ca", str(pool.ca), "--concurrency", "20", "--json",
+            "--ca", str(pool.ca), "--concurrency", "20", "--hold", "1", "--json",
         ),
         capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
     )  # fmt: skip

@@ -84,7 +84,10 @@ def test_oversized_tcp_message_gets_513(fe: FeProcess) -> None:
     addr = fe.addr("tcp")
     with SipStream("tcp", addr) as stream:
         request = options_request("tcp", addr, local=stream.local, body=b"x" * 70_000)
-        stream.send(request)
+        # The FE may answer and close as soon as it has the header block; the 513 is then
+        # already on its way even if the rest of the body can no longer be sent.
+        with contextlib.suppress(OSError):
+            stream.send(request)
         response = stream.recv_message(ANSWER)
         assert status_of(response) == 513, response
         assert response is not None

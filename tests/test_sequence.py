@@ -200,7 +200,7 @@ def test_pool_info_offline() -> None:
 
 def test_pool_info_unknown_domain_and_bad_aor() -> None:
     topo = load_topology(EXAMPLE)
-    with pytest.raises(PoolInfoError, match="'fabrikam.com'"):
+    with pytest.raises(PoolInfoError, match=r"'fabrikam\.com'"):
         pool_info(topo, "sip:bob@fabrikam.com")
     with pytest.raises(PoolInfoError, match="bad AOR"):
         pool_info(topo, "tel:+1555")
@@ -252,8 +252,9 @@ def test_pool_info_live_primary_and_not_running() -> None:
     seq = logical_sequence("sip:alice@contoso.com")
     primary = next(topo.pools[0].by_id[i] for i in seq if i in topo.pools[0].by_id)
 
-    info = pool_info(topo, "sip:alice@contoso.com",
-                     fetch=FakePool(all_ips, {primary.ip: [{"backup": False}]}))
+    info = pool_info(
+        topo, "sip:alice@contoso.com", fetch=FakePool(all_ips, {primary.ip: [{"backup": False}]})
+    )
     assert info["current"] == info["primary"] == primary.fqdn
     assert info["registered"] is True and info["backup_mode"] is False
 
@@ -265,16 +266,28 @@ def test_pool_info_live_primary_and_not_running() -> None:
 
 
 def test_cli_offline_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["user-pool-info", "sip:Alice@contoso.com", "--topology", str(EXAMPLE),
-                 "--offline", "--json"]) == 0
+    assert (
+        _cli(
+            [
+                "user-pool-info",
+                "sip:Alice@contoso.com",
+                "--topology",
+                str(EXAMPLE),
+                "--offline",
+                "--json",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
     assert set(info) == INFO_KEYS
     assert info["aor"] == "sip:Alice@contoso.com"
     assert info["current"] is None and info["backup_mode"] is None
     assert info == pool_info(load_topology(EXAMPLE), "sip:Alice@contoso.com")
 
-    assert _cli(["user-pool-info", "alice@contoso.com", "--topology", str(EXAMPLE),
-                 "--offline"]) == 0
+    assert (
+        _cli(["user-pool-info", "alice@contoso.com", "--topology", str(EXAMPLE), "--offline"]) == 0
+    )
     out = capsys.readouterr().out
     assert "normalized        sip:alice@contoso.com" in out
     assert f"primary registrar {info['primary']} (ID {info['primary_id']})" in out
@@ -291,8 +304,10 @@ def test_cli_live_text(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["user-pool-info", "sip:bob@fabrikam.com", "--topology", str(EXAMPLE),
-                 "--offline"]) == 2
+    assert (
+        _cli(["user-pool-info", "sip:bob@fabrikam.com", "--topology", str(EXAMPLE), "--offline"])
+        == 2
+    )
     assert "domain 'fabrikam.com'" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text("version = ")
@@ -306,7 +321,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 class _Admin(BaseHTTPRequestHandler):
     bindings: list[dict[str, Any]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/status":
             body: Any = {"fqdn": "fe", "pid": 1}

@@ -24,7 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "contoso.toml"
 
 # Server IDs written in examples/contoso.toml (drawn once by commission()).
-EXAMPLE_IDS = {"fe1.contoso.com": 8, "fe2.contoso.com": 9, "fe3.contoso.com": 4, "fe4.contoso.com": 2}
+EXAMPLE_IDS = {
+    "fe1.contoso.com": 8,
+    "fe2.contoso.com": 9,
+    "fe3.contoso.com": 4,
+    "fe4.contoso.com": 2,
+}
 
 
 def _cli(argv: list[str]) -> int:
@@ -133,8 +138,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert topo.settings == topology.Settings()
     assert topo.settings.digest_algorithms == ("SHA-256", "MD5")
     assert topo.dns_listen == ("127.0.1.53", 5353)
-    assert topo.paths == topology.Paths(tmp_path / "certs", tmp_path / "state" / "users.db",
-                                        tmp_path / "state")
+    assert topo.paths == topology.Paths(
+        tmp_path / "certs", tmp_path / "state" / "users.db", tmp_path / "state"
+    )
     fe = topo.fe("fe1.example.com")
     assert (fe.tls_port, fe.tcp_port, fe.udp_port, fe.admin_port) == (5061, 0, 0, 5080)
     assert fe.site == "s" and topo.pools[0].site == "s"  # the only site is the default
@@ -186,6 +192,7 @@ def test_error_format(tmp_path: Path) -> None:
         f"{tmp_path / 'contoso.toml'}: pools[0].front_ends[2].server_id: 11 is outside 1..10 "
         "(max_servers); fix: pick a free ID in 1..10"
     )
+    assert "(free: 1, 3, 4, 5, 6, 7, 10)" in str(err)  # every ID no FE of the pool declares
     assert "registrar topology commission" in str(err)
     assert isinstance(err, ValueError)
     assert err.to_dict()["key"] == err.key and err.to_dict()["error"] == str(err)
@@ -193,7 +200,7 @@ def test_error_format(tmp_path: Path) -> None:
 
 def test_toml_syntax_error_has_position(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text('version = 1\n\n[settings]\nheartbeat_interval = = 1\n')
+    path.write_text("version = 1\n\n[settings]\nheartbeat_interval = = 1\n")
     with pytest.raises(TopologyError) as info:
         load_topology(path)
     err = info.value
@@ -278,95 +285,210 @@ FE1 = "pools[0].front_ends[1]"
 ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     # (id, mutation, key named, text in the message or fix)
     ("unknown top key", _set("verison", 2), "verison", "did you mean 'version'"),
-    ("unknown settings key", _set("settings.heartbeat_intervl", 1.0),
-     "settings.heartbeat_intervl", "did you mean 'heartbeat_interval'"),
+    (
+        "unknown settings key",
+        _set("settings.heartbeat_intervl", 1.0),
+        "settings.heartbeat_intervl",
+        "did you mean 'heartbeat_interval'",
+    ),
     ("unknown FE key", _set(f"{FE0}.tls_prot", 5061), f"{FE0}.tls_prot", "did you mean 'tls_port'"),
-    ("unknown pool key", _set("pools[0].max_server", 10), "pools[0].max_server",
-     "did you mean 'max_servers'"),
+    (
+        "unknown pool key",
+        _set("pools[0].max_server", 10),
+        "pools[0].max_server",
+        "did you mean 'max_servers'",
+    ),
     ("unknown path key", _set("paths.cert", "c"), "paths.cert", "did you mean 'certs'"),
-    ("front_ends at top", _set("front_ends", [{"fqdn": "x.y.z"}]), "front_ends",
-     "[[pools.front_ends]]"),
+    (
+        "front_ends at top",
+        _set("front_ends", [{"fqdn": "x.y.z"}]),
+        "front_ends",
+        "[[pools.front_ends]]",
+    ),
     ("version type", _set("version", "2"), "version", "expected an integer"),
     ("version zero", _set("version", 0), "version", "outside"),
     ("server_id type", _set(f"{FE0}.server_id", "7"), f"{FE0}.server_id", "expected an integer"),
     ("server_id bool", _set(f"{FE0}.server_id", True), f"{FE0}.server_id", "expected an integer"),
     ("server_id missing", _delete(f"{FE0}.server_id"), f"{FE0}.server_id", "missing"),
-    ("interval type", _set("settings.heartbeat_interval", "1s"), "settings.heartbeat_interval",
-     "expected a number"),
-    ("interval zero", _set("settings.heartbeat_interval", 0), "settings.heartbeat_interval",
-     "> 0"),
-    ("enable_tcp type", _set("settings.enable_tcp", "yes"), "settings.enable_tcp",
-     "true or false"),
+    (
+        "interval type",
+        _set("settings.heartbeat_interval", "1s"),
+        "settings.heartbeat_interval",
+        "expected a number",
+    ),
+    ("interval zero", _set("settings.heartbeat_interval", 0), "settings.heartbeat_interval", "> 0"),
+    ("enable_tcp type", _set("settings.enable_tcp", "yes"), "settings.enable_tcp", "true or false"),
     ("settings not a table", _set("settings", 5), "settings", "expected a table"),
-    ("pools not an array", _set("pools", {"fqdn": "pool.contoso.com"}), "pools",
-     "array of tables"),
-    ("timeout <= interval", _set("settings.heartbeat_timeout", 1.0), "settings.heartbeat_timeout",
-     "greater than heartbeat_interval"),
-    ("timeout < interval", _both(_set("settings.heartbeat_interval", 5.0),
-                                 _set("settings.heartbeat_timeout", 3.0)),
-     "settings.heartbeat_timeout", "greater than heartbeat_interval"),
-    ("max < min expires", _set("settings.max_expires", 30), "settings.max_expires",
-     "less than min_expires"),
-    ("default expires out of range", _set("settings.default_expires", 9000),
-     "settings.default_expires", "outside"),
-    ("backup expires out of range", _set("settings.backup_max_expires", 10),
-     "settings.backup_max_expires", "outside"),
+    ("pools not an array", _set("pools", {"fqdn": "pool.contoso.com"}), "pools", "array of tables"),
+    (
+        "timeout <= interval",
+        _set("settings.heartbeat_timeout", 1.0),
+        "settings.heartbeat_timeout",
+        "greater than heartbeat_interval",
+    ),
+    (
+        "timeout < interval",
+        _both(_set("settings.heartbeat_interval", 5.0), _set("settings.heartbeat_timeout", 3.0)),
+        "settings.heartbeat_timeout",
+        "greater than heartbeat_interval",
+    ),
+    (
+        "max < min expires",
+        _set("settings.max_expires", 30),
+        "settings.max_expires",
+        "less than min_expires",
+    ),
+    (
+        "default expires out of range",
+        _set("settings.default_expires", 9000),
+        "settings.default_expires",
+        "outside",
+    ),
+    (
+        "backup expires out of range",
+        _set("settings.backup_max_expires", 10),
+        "settings.backup_max_expires",
+        "outside",
+    ),
     ("max_contacts zero", _set("settings.max_contacts", 0), "settings.max_contacts", "outside"),
-    ("batch users zero", _set("settings.rehome_batch_users", 0), "settings.rehome_batch_users",
-     "outside"),
-    ("batch interval negative", _set("settings.rehome_batch_interval", -1.0),
-     "settings.rehome_batch_interval", ">= 0"),
-    ("bad digest algorithm", _set("settings.digest_algorithms", ["SHA1"]),
-     "settings.digest_algorithms[0]", "SHA-256"),
-    ("duplicate digest algorithm", _set("settings.digest_algorithms", ["MD5", "md5"]),
-     "settings.digest_algorithms[1]", "twice"),
-    ("empty digest algorithms", _set("settings.digest_algorithms", []),
-     "settings.digest_algorithms", "non-empty"),
-    ("duplicate server ID", _set(f"{FE1}.server_id", EXAMPLE_IDS["fe1.contoso.com"]),
-     f"{FE1}.server_id", "already used by fe1.contoso.com"),
+    (
+        "batch users zero",
+        _set("settings.rehome_batch_users", 0),
+        "settings.rehome_batch_users",
+        "outside",
+    ),
+    (
+        "batch interval negative",
+        _set("settings.rehome_batch_interval", -1.0),
+        "settings.rehome_batch_interval",
+        ">= 0",
+    ),
+    (
+        "bad digest algorithm",
+        _set("settings.digest_algorithms", ["SHA1"]),
+        "settings.digest_algorithms[0]",
+        "SHA-256",
+    ),
+    (
+        "duplicate digest algorithm",
+        _set("settings.digest_algorithms", ["MD5", "md5"]),
+        "settings.digest_algorithms[1]",
+        "twice",
+    ),
+    (
+        "empty digest algorithms",
+        _set("settings.digest_algorithms", []),
+        "settings.digest_algorithms",
+        "non-empty",
+    ),
+    (
+        "duplicate server ID",
+        _set(f"{FE1}.server_id", EXAMPLE_IDS["fe1.contoso.com"]),
+        f"{FE1}.server_id",
+        "already used by fe1.contoso.com",
+    ),
     ("server ID too big", _set(f"{FE0}.server_id", 11), f"{FE0}.server_id", "outside 1..10"),
     ("server ID zero", _set(f"{FE0}.server_id", 0), f"{FE0}.server_id", "outside 1..10"),
-    ("server ID above max_servers", _set("pools[0].max_servers", 5),
-     "pools[0].front_ends[0].server_id", "outside 1..5 (max_servers)"),
-    ("max_servers 11", _set("pools[0].max_servers", 11), "pools[0].max_servers",
-     "outside 1..10"),
+    (
+        "server ID above max_servers",
+        _set("pools[0].max_servers", 5),
+        "pools[0].front_ends[0].server_id",
+        "outside 1..5 (max_servers)",
+    ),
+    ("max_servers 11", _set("pools[0].max_servers", 11), "pools[0].max_servers", "outside 1..10"),
     ("max_servers 0", _set("pools[0].max_servers", 0), "pools[0].max_servers", "outside 1..10"),
-    ("duplicate FE fqdn", _set(f"{FE1}.fqdn", "FE1.contoso.com"), f"{FE1}.fqdn",
-     "already defined at pools[0].front_ends[0]"),
-    ("duplicate FE fqdn across pools", _second_pool(fe_fqdn="fe2.contoso.com"),
-     "pools[1].front_ends[0].fqdn", "already defined"),
-    ("FE fqdn is the pool fqdn", _set(f"{FE0}.fqdn", "pool.contoso.com"), f"{FE0}.fqdn",
-     "FQDN of a pool"),
-    ("duplicate pool fqdn", _second_pool(fqdn="pool.contoso.com"), "pools[1].fqdn",
-     "already defined"),
-    ("same ip:tls port", _set(f"{FE1}.ip", "127.0.1.1"), f"{FE1}.tls_port",
-     "127.0.1.1:5061/tcp is already used by fe1.contoso.com tls_port"),
-    ("admin port = tls port", _set(f"{FE0}.admin_port", 5061), f"{FE0}.admin_port",
-     "already used by fe1.contoso.com tls_port"),
-    ("tcp port = admin port", _set(f"{FE0}.tcp_port", 5080), f"{FE0}.admin_port",
-     "already used by fe1.contoso.com tcp_port"),
-    ("udp clash across FEs", _both(_set(f"{FE1}.ip", "127.0.1.1"), _set(f"{FE1}.tls_port", 6061),
-                                   _set(f"{FE1}.tcp_port", 6060), _set(f"{FE1}.admin_port", 6080)),
-     f"{FE1}.udp_port", "127.0.1.1:5060/udp"),
-    ("ipv6 spelled twice", _both(_set(f"{FE0}.ip", "::1"), _set(f"{FE1}.ip", "0:0::1")),
-     f"{FE1}.tls_port", "[::1]:5061/tcp"),
+    (
+        "duplicate FE fqdn",
+        _set(f"{FE1}.fqdn", "FE1.contoso.com"),
+        f"{FE1}.fqdn",
+        "already defined at pools[0].front_ends[0]",
+    ),
+    (
+        "duplicate FE fqdn across pools",
+        _second_pool(fe_fqdn="fe2.contoso.com"),
+        "pools[1].front_ends[0].fqdn",
+        "already defined",
+    ),
+    (
+        "FE fqdn is the pool fqdn",
+        _set(f"{FE0}.fqdn", "pool.contoso.com"),
+        f"{FE0}.fqdn",
+        "FQDN of a pool",
+    ),
+    (
+        "duplicate pool fqdn",
+        _second_pool(fqdn="pool.contoso.com"),
+        "pools[1].fqdn",
+        "already defined",
+    ),
+    (
+        "same ip:tls port",
+        _set(f"{FE1}.ip", "127.0.1.1"),
+        f"{FE1}.tls_port",
+        "127.0.1.1:5061/tcp is already used by fe1.contoso.com tls_port",
+    ),
+    (
+        "admin port = tls port",
+        _set(f"{FE0}.admin_port", 5061),
+        f"{FE0}.admin_port",
+        "already used by fe1.contoso.com tls_port",
+    ),
+    (
+        "tcp port = admin port",
+        _set(f"{FE0}.tcp_port", 5080),
+        f"{FE0}.admin_port",
+        "already used by fe1.contoso.com tcp_port",
+    ),
+    (
+        "udp clash across FEs",
+        _both(
+            _set(f"{FE1}.ip", "127.0.1.1"),
+            _set(f"{FE1}.tls_port", 6061),
+            _set(f"{FE1}.tcp_port", 6060),
+            _set(f"{FE1}.admin_port", 6080),
+        ),
+        f"{FE1}.udp_port",
+        "127.0.1.1:5060/udp",
+    ),
+    (
+        "ipv6 spelled twice",
+        _both(_set(f"{FE0}.ip", "::1"), _set(f"{FE1}.ip", "0:0::1")),
+        f"{FE1}.tls_port",
+        "[::1]:5061/tcp",
+    ),
     ("tls port too big", _set(f"{FE0}.tls_port", 70000), f"{FE0}.tls_port", "outside 1..65535"),
     ("tls port zero", _set(f"{FE0}.tls_port", 0), f"{FE0}.tls_port", "outside 1..65535"),
     ("tcp port negative", _set(f"{FE0}.tcp_port", -1), f"{FE0}.tcp_port", "outside 0..65535"),
-    ("admin port type", _set(f"{FE0}.admin_port", "5080"), f"{FE0}.admin_port",
-     "expected an integer"),
+    (
+        "admin port type",
+        _set(f"{FE0}.admin_port", "5080"),
+        f"{FE0}.admin_port",
+        "expected an integer",
+    ),
     ("FE site unknown", _set(f"{FE0}.site", "redmnd"), f"{FE0}.site", "did you mean 'redmond'"),
-    ("pool site unknown", _set("pools[0].site", "dublin"), "pools[0].site",
-     "not defined in [[sites]]"),
+    (
+        "pool site unknown",
+        _set("pools[0].site", "dublin"),
+        "pools[0].site",
+        "not defined in [[sites]]",
+    ),
     ("no sites", _set("sites", []), "sites", "no site"),
     ("duplicate site", _set("sites", [{"name": "a"}, {"name": "a"}]), "sites[1].name", "twice"),
     ("bad site name", _set("sites", [{"name": "a b"}]), "sites[0].name", "not a valid site"),
-    ("domain of two pools", _second_pool(domains=["Contoso.com"]), "pools[1].domains[0]",
-     "already served by pool pool.contoso.com"),
+    (
+        "domain of two pools",
+        _second_pool(domains=["Contoso.com"]),
+        "pools[1].domains[0]",
+        "already served by pool pool.contoso.com",
+    ),
     ("no domains", _set("pools[0].domains", []), "pools[0].domains", "non-empty"),
     ("domains missing", _delete("pools[0].domains"), "pools[0].domains", "missing"),
-    ("bad domain", _set("pools[0].domains", ["con toso.com"]), "pools[0].domains[0]",
-     "not a valid DNS name"),
+    (
+        "bad domain",
+        _set("pools[0].domains", ["con toso.com"]),
+        "pools[0].domains[0]",
+        "not a valid DNS name",
+    ),
     ("bad ip", _set(f"{FE0}.ip", "127.0.1.256"), f"{FE0}.ip", "not an IP address"),
     ("ip is a name", _set(f"{FE0}.ip", "fe1.contoso.com"), f"{FE0}.ip", "not an IP address"),
     ("unspecified ip", _set(f"{FE0}.ip", "0.0.0.0"), f"{FE0}.ip", "cannot be an FE address"),
@@ -375,25 +497,56 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("wildcard fqdn", _set("pools[0].fqdn", "*.contoso.com"), "pools[0].fqdn", "wildcard"),
     ("ip as fqdn", _set(f"{FE0}.fqdn", "127.0.1.1"), f"{FE0}.fqdn", "looks like an IP"),
     ("fqdn type", _set(f"{FE0}.fqdn", 5), f"{FE0}.fqdn", "expected a string"),
-    ("trusted app version", _trusted(version=4), "trusted_applications[0].version",
-     "not a known server version"),
-    ("trusted app is an FE", _trusted(fqdn="fe3.contoso.com"), "trusted_applications[0].fqdn",
-     "is an FE"),
-    ("trusted app is the pool", _trusted(fqdn="pool.contoso.com"),
-     "trusted_applications[0].fqdn", "is a pool"),
-    ("trusted app pool unknown", _trusted(pool="pool9.contoso.com"),
-     "trusted_applications[0].pool", "not defined"),
-    ("trusted app twice", _both(_trusted(), _trusted()), "trusted_applications[1].fqdn",
-     "already trusted"),
-    ("trusted app two versions", _both(_second_pool(), _trusted(),
-                                       _trusted(pool="pool2.contoso.com", version=5)),
-     "trusted_applications[1].version", "one server has one version"),
-    ("trusted app unknown key", _trusted(versoin=6), "trusted_applications[0].versoin",
-     "did you mean 'version'"),
+    (
+        "trusted app version",
+        _trusted(version=4),
+        "trusted_applications[0].version",
+        "not a known server version",
+    ),
+    (
+        "trusted app is an FE",
+        _trusted(fqdn="fe3.contoso.com"),
+        "trusted_applications[0].fqdn",
+        "is an FE",
+    ),
+    (
+        "trusted app is the pool",
+        _trusted(fqdn="pool.contoso.com"),
+        "trusted_applications[0].fqdn",
+        "is a pool",
+    ),
+    (
+        "trusted app pool unknown",
+        _trusted(pool="pool9.contoso.com"),
+        "trusted_applications[0].pool",
+        "not defined",
+    ),
+    (
+        "trusted app twice",
+        _both(_trusted(), _trusted()),
+        "trusted_applications[1].fqdn",
+        "already trusted",
+    ),
+    (
+        "trusted app two versions",
+        _both(_second_pool(), _trusted(), _trusted(pool="pool2.contoso.com", version=5)),
+        "trusted_applications[1].version",
+        "one server has one version",
+    ),
+    (
+        "trusted app unknown key",
+        _trusted(versoin=6),
+        "trusted_applications[0].versoin",
+        "did you mean 'version'",
+    ),
     ("dns listen no port", _set("dns.listen", "127.0.1.53"), "dns.listen", "IP:PORT"),
     ("dns listen bad ip", _set("dns.listen", "dns.local:53"), "dns.listen", "not an IP address"),
-    ("dns listen on an FE port", _set("dns.listen", "127.0.1.1:5060"), "dns.listen",
-     "fe1.contoso.com"),
+    (
+        "dns listen on an FE port",
+        _set("dns.listen", "127.0.1.1:5060"),
+        "dns.listen",
+        "fe1.contoso.com",
+    ),
     ("path type", _set("paths.certs", 1), "paths.certs", "expected a string"),
 ]
 
@@ -417,8 +570,9 @@ def test_valid_variants(tmp_path: Path) -> None:
     """Things that look odd but are allowed."""
     data = _raw()
     # tcp and udp on one number; another FE on the same IP with other ports
-    _fe(data, 1).update(ip="127.0.1.1", tls_port=6061, tcp_port=6060, udp_port=6060,
-                        admin_port=6080)
+    _fe(data, 1).update(
+        ip="127.0.1.1", tls_port=6061, tcp_port=6060, udp_port=6060, admin_port=6080
+    )
     _fe(data, 2)["udp_port"] = 0  # 0 = off
     _second_pool(fe_ip="::1")(data)
     _trusted(version=0)(data)
@@ -426,8 +580,7 @@ def test_valid_variants(tmp_path: Path) -> None:
     topo = load_topology(_write(tmp_path, data))
     assert topo.fe("fe5.contoso.com").ip == "::1"
     assert topo.fe("fe3.contoso.com").udp_port == 0
-    assert [a.pool for a in topo.trusted_applications] == ["pool.contoso.com",
-                                                          "pool2.contoso.com"]
+    assert [a.pool for a in topo.trusted_applications] == ["pool.contoso.com", "pool2.contoso.com"]
     assert topo.pool_for_domain("fabrikam.com") is topo.pool("pool2.contoso.com")
 
 
@@ -440,13 +593,20 @@ def _comments(text: str) -> list[str]:
 
 def test_commission_picks_a_free_random_id(example: Path) -> None:
     before = example.read_text()
-    topo, sid = commission(example, "pool.contoso.com", "fe5.contoso.com", "127.0.1.5",
-                           rng=random.Random(7))
+    topo, sid = commission(
+        example, "pool.contoso.com", "fe5.contoso.com", "127.0.1.5", rng=random.Random(7)
+    )
     assert sid in set(range(1, 11)) - set(EXAMPLE_IDS.values())
     assert topo.version == load_topology(EXAMPLE).version + 1
     fe = topo.fe("fe5.contoso.com")
     assert (fe.server_id, fe.ip, fe.tls_port, fe.tcp_port, fe.udp_port, fe.admin_port) == (
-        sid, "127.0.1.5", 5061, 0, 0, 5080)
+        sid,
+        "127.0.1.5",
+        5061,
+        0,
+        0,
+        5080,
+    )
     assert fe.site == "redmond"
     after = example.read_text()
     assert load_topology(example) == topo
@@ -462,8 +622,9 @@ def test_commission_ids_are_random(tmp_path: Path) -> None:
     for seed in range(40):
         path = tmp_path / f"c{seed}.toml"
         path.write_bytes(EXAMPLE.read_bytes())
-        _, sid = commission(path, "pool.contoso.com", "fe5.contoso.com", "127.0.1.5",
-                            rng=random.Random(seed))
+        _, sid = commission(
+            path, "pool.contoso.com", "fe5.contoso.com", "127.0.1.5", rng=random.Random(seed)
+        )
         seen.add(sid)
     assert seen == set(range(1, 11)) - set(EXAMPLE_IDS.values())
     # the default RNG is the system's
@@ -475,9 +636,18 @@ def test_commission_ids_are_random(tmp_path: Path) -> None:
 
 def test_commission_with_ports_site_and_id(example: Path) -> None:
     free = load_topology(example).pools[0].free_ids
-    topo, sid = commission(example, "POOL.contoso.com", "FE5.contoso.com", "127.0.1.5",
-                           tls_port=5071, tcp_port=5070, udp_port=5070, admin_port=5090,
-                           site="redmond", server_id=free[-1])
+    topo, sid = commission(
+        example,
+        "POOL.contoso.com",
+        "FE5.contoso.com",
+        "127.0.1.5",
+        tls_port=5071,
+        tcp_port=5070,
+        udp_port=5070,
+        admin_port=5090,
+        site="redmond",
+        server_id=free[-1],
+    )
     assert sid == free[-1]
     fe = topo.fe("fe5.contoso.com")
     assert (fe.tls_port, fe.tcp_port, fe.udp_port, fe.admin_port) == (5071, 5070, 5070, 5090)
@@ -541,8 +711,9 @@ def test_commission_fills_the_last_id(tmp_path: Path) -> None:
 
 
 def test_commission_refuses_an_invalid_file(example: Path) -> None:
-    example.write_text(example.read_text().replace("heartbeat_timeout = 3.0",
-                                                   "heartbeat_timeout = 0.5"))
+    example.write_text(
+        example.read_text().replace("heartbeat_timeout = 3.0", "heartbeat_timeout = 0.5")
+    )
     before = example.read_bytes()
     with pytest.raises(TopologyError) as info:
         commission(example, "pool.contoso.com", "fe5.contoso.com", "127.0.1.5")
@@ -554,13 +725,12 @@ def test_commission_refuses_an_invalid_file(example: Path) -> None:
 def test_commission_into_empty_pool_and_without_version(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
     text = (
-        "# sites\n[[sites]]\nname = \"s\"\n\n# the pool\n[[pools]]\nfqdn = \"pool.example.com\"\n"
-        "domains = [\"example.com\"]  # served\n\n# the second pool\n[[pools]]\n"
-        "fqdn = \"pool2.example.com\"\ndomains = [\"example.org\"]\n"
+        '# sites\n[[sites]]\nname = "s"\n\n# the pool\n[[pools]]\nfqdn = "pool.example.com"\n'
+        'domains = ["example.com"]  # served\n\n# the second pool\n[[pools]]\n'
+        'fqdn = "pool2.example.com"\ndomains = ["example.org"]\n'
     )
     path.write_text(text)
-    topo, sid = commission(path, "pool.example.com", "fe1.example.com", "127.0.0.1",
-                           udp_port=5060)
+    topo, sid = commission(path, "pool.example.com", "fe1.example.com", "127.0.0.1", udp_port=5060)
     assert topo.version == 2
     assert topo.pool("pool.example.com").by_id[sid].udp_port == 5060
     assert topo.pool("pool2.example.com").front_ends == ()
@@ -580,7 +750,10 @@ def test_decommission(example: Path) -> None:
     topo = decommission(example, "FE2.contoso.com")
     assert topo.version == load_topology(EXAMPLE).version + 1
     assert [fe.fqdn for fe in topo.all_front_ends()] == [
-        "fe1.contoso.com", "fe3.contoso.com", "fe4.contoso.com"]
+        "fe1.contoso.com",
+        "fe3.contoso.com",
+        "fe4.contoso.com",
+    ]
     assert EXAMPLE_IDS["fe2.contoso.com"] in topo.pools[0].free_ids
     after = example.read_text()
     assert _comments(after) == _comments(before)
@@ -616,7 +789,7 @@ def test_decommission_comment_ownership(tmp_path: Path) -> None:
     decommission(path, "fe1.example.com")
     text = path.read_text()
     assert _comments(text) == ["# about all FEs", "# glued to fe2"]
-    assert "# glued to fe2\n[[pools.front_ends]]\nfqdn = \"fe2.example.com\"" in text
+    assert '# glued to fe2\n[[pools.front_ends]]\nfqdn = "fe2.example.com"' in text
 
 
 def test_commission_then_decommission_round_trip(example: Path) -> None:
@@ -625,7 +798,8 @@ def test_commission_then_decommission_round_trip(example: Path) -> None:
     commission(example, "pool.contoso.com", "fe5.contoso.com", "127.0.1.5", udp_port=5060)
     decommission(example, "fe5.contoso.com")
     assert example.read_text() == before.replace(
-        f"\nversion = {version}\n", f"\nversion = {version + 2}\n")
+        f"\nversion = {version}\n", f"\nversion = {version + 2}\n"
+    )
 
 
 def test_file_mode_is_kept(example: Path) -> None:
@@ -645,8 +819,14 @@ def test_cli_validate(example: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert _cli(["topology", "validate", str(example), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     topo = load_topology(example)
-    assert result == {"ok": True, "path": str(example), "version": topo.version,
-                      "digest": topo.digest(), "pools": 1, "front_ends": 4}
+    assert result == {
+        "ok": True,
+        "path": str(example),
+        "version": topo.version,
+        "digest": topo.digest(),
+        "pools": 1,
+        "front_ends": 4,
+    }
 
 
 def test_cli_validate_error(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -655,7 +835,8 @@ def test_cli_validate_error(example: Path, capsys: pytest.CaptureFixture[str]) -
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "pools[0].front_ends[1].server_id: 12 is outside 1..10 (max_servers); fix:" in (
-        captured.err)
+        captured.err
+    )
 
     assert _cli(["topology", "validate", str(example), "--json"]) == 2
     result = json.loads(capsys.readouterr().out)
@@ -674,8 +855,17 @@ def test_cli_show(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     assert _cli(["topology", "show", str(example), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"path", "digest", "version", "settings", "dns", "sites", "pools",
-                         "trusted_applications", "paths"}
+    assert set(data) == {
+        "path",
+        "digest",
+        "version",
+        "settings",
+        "dns",
+        "sites",
+        "pools",
+        "trusted_applications",
+        "paths",
+    }
     assert data["settings"]["digest_algorithms"] == ["MD5", "SHA-256"]
     assert data["settings"]["heartbeat_timeout"] == 3.0
     assert data["dns"] == {"listen": "127.0.1.53:5353"}
@@ -683,20 +873,47 @@ def test_cli_show(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (pool,) = data["pools"]
     assert set(pool) == {"fqdn", "domains", "max_servers", "site", "front_ends", "free_ids"}
     assert [fe["server_id"] for fe in pool["front_ends"]] == sorted(EXAMPLE_IDS.values())
-    assert set(pool["front_ends"][0]) == {"fqdn", "server_id", "ip", "tls_port", "tcp_port",
-                                          "udp_port", "admin_port", "site", "pool"}
+    assert set(pool["front_ends"][0]) == {
+        "fqdn",
+        "server_id",
+        "ip",
+        "tls_port",
+        "tcp_port",
+        "udp_port",
+        "admin_port",
+        "site",
+        "pool",
+    }
     assert data["paths"]["state_dir"] == str(example.parent.parent / "run" / "state")
 
 
 def test_cli_commission_and_decommission(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["topology", "commission", str(example), "--pool", "pool.contoso.com", "--fqdn",
-            "fe5.contoso.com", "--ip", "127.0.1.5", "--udp-port", "5060", "--tcp-port", "0"]
+    argv = [
+        "topology",
+        "commission",
+        str(example),
+        "--pool",
+        "pool.contoso.com",
+        "--fqdn",
+        "fe5.contoso.com",
+        "--ip",
+        "127.0.1.5",
+        "--udp-port",
+        "5060",
+        "--tcp-port",
+        "0",
+    ]
     assert _cli([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     topo = load_topology(example)
-    assert result == {"ok": True, "fqdn": "fe5.contoso.com", "pool": "pool.contoso.com",
-                      "server_id": topo.fe("fe5.contoso.com").server_id,
-                      "version": topo.version, "digest": topo.digest()}
+    assert result == {
+        "ok": True,
+        "fqdn": "fe5.contoso.com",
+        "pool": "pool.contoso.com",
+        "server_id": topo.fe("fe5.contoso.com").server_id,
+        "version": topo.version,
+        "digest": topo.digest(),
+    }
     assert topo.fe("fe5.contoso.com").udp_port == 5060
 
     # again: refused (already commissioned), exit 2, file unchanged
@@ -705,14 +922,30 @@ def test_cli_commission_and_decommission(example: Path, capsys: pytest.CaptureFi
     assert "already commissioned" in capsys.readouterr().err
     assert example.read_bytes() == before
 
-    assert _cli(["topology", "commission", str(example), "--pool", "pool.contoso.com",
-                 "--fqdn", "fe6.contoso.com", "--ip", "127.0.1.6", "--server-id",
-                 str(topo.pools[0].free_ids[0])]) == 0
+    assert (
+        _cli(
+            [
+                "topology",
+                "commission",
+                str(example),
+                "--pool",
+                "pool.contoso.com",
+                "--fqdn",
+                "fe6.contoso.com",
+                "--ip",
+                "127.0.1.6",
+                "--server-id",
+                str(topo.pools[0].free_ids[0]),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"with server ID {topo.pools[0].free_ids[0]}" in out
 
-    assert _cli(["topology", "decommission", str(example), "--fqdn", "fe5.contoso.com",
-                 "--json"]) == 0
+    assert (
+        _cli(["topology", "decommission", str(example), "--fqdn", "fe5.contoso.com", "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["fqdn"] == "fe5.contoso.com" and result["ok"] is True
     assert result["version"] == topo.version + 2
@@ -744,15 +977,30 @@ def test_certs_init_topology(example: Path, tmp_path: Path) -> None:
         assert san.get_values_for_type(x509.DNSName) == [fe.fqdn, "pool.contoso.com"]
         assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [fe.ip]
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        ["ca.crt", "ca.key"] + [f"{fe.fqdn}.{ext}" for fe in topo.all_front_ends()
-                                for ext in ("crt", "key")])
+        ["ca.crt", "ca.key"]
+        + [f"{fe.fqdn}.{ext}" for fe in topo.all_front_ends() for ext in ("crt", "key")]
+    )
 
 
-def test_certs_init_topology_out_and_errors(example: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_certs_init_topology_out_and_errors(
+    example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "elsewhere"
-    assert _cli(["certs", "init", "--topology", str(example), "--out", str(out_dir),
-                 "--name", "extra.local"]) == 0
+    assert (
+        _cli(
+            [
+                "certs",
+                "init",
+                "--topology",
+                str(example),
+                "--out",
+                str(out_dir),
+                "--name",
+                "extra.local",
+            ]
+        )
+        == 0
+    )
     assert (out_dir / "fe4.contoso.com.crt").is_file()
     assert (out_dir / "extra.local.crt").is_file()
     assert not (tmp_path / "run").exists()
@@ -760,3 +1008,18 @@ def test_certs_init_topology_out_and_errors(example: Path, tmp_path: Path,
     example.write_text(bad)
     assert _cli(["certs", "init", "--topology", str(example)]) == 2
     assert "server_id: 99 is outside" in capsys.readouterr().err
+
+
+def test_inline_pools_cannot_be_edited(tmp_path: Path) -> None:
+    path = tmp_path / "inline.toml"
+    path.write_text(
+        'sites = [{name = "s"}]\npools = [{fqdn = "pool.example.com", domains = ["example.com"],'
+        ' front_ends = [{fqdn = "fe1.example.com", server_id = 1, ip = "127.0.0.1"}]}]\n'
+    )
+    assert load_topology(path).fe("fe1.example.com").server_id == 1  # valid to read
+    before = path.read_bytes()
+    with pytest.raises(TopologyError, match=r"written inline"):
+        commission(path, "pool.example.com", "fe2.example.com", "127.0.0.2")
+    with pytest.raises(TopologyError, match=r"written inline"):
+        decommission(path, "fe1.example.com")
+    assert path.read_bytes() == before

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""CPU cost of the whole in-process FE path, without sockets.
+
+``bytes → framing (TCP) → parse → validate → Via stamp → transaction layer → dispatcher →
+inspection → service (OPTIONS, REGISTER) → location store → response → encode → transport
+write``, driven exactly as asyncio drives it: a real :class:`registrar.server.FrontEnd`
+(started with no listeners, so its object graph is the production one, including the
+location store's SQLite write-behind thread), a :class:`StreamConnection` or
+:class:`DatagramEndpoint` given a fake asyncio transport that only counts the bytes written.
+
+Every request is distinct, like sipp's (fresh branch and Call-ID; REGISTER: a new AOR
+``sip:user<N>@example.com`` per request), so no parsed view or binding is reused, and the
+transaction table grows as it does under sipp (UDP: 32 s of server transactions).
+
+Figures, in µs per request, best of ``--repeat`` runs of ``--number`` requests each:
+
+``cpu``
+    :func:`time.process_time` over the run, divided by the request count: CPU of every
+    thread of the process, so the location writer thread's SQLite work is included (the
+    run ends with :meth:`LocationService.flush`, so that its writes land inside the run).
+``wall``
+    :func:`time.perf_counter` over the run, divided by the request count.
+
+Command line::
+
+    python bench/fe_path.py [register|options|all] [--transport tcp,udp] [--number 20000]
+                            [--repeat 5] [--batch 1] [--profile] [--no-persist] [--json]
+
+``--batch N`` feeds N requests per ``data_received`` call (TCP pipelining; 1 = one request
+per read, as at a moderate rate). ``--profile`` runs one pass under :mod:`cProfile` and
+prints the top functions by own time. ``--no-persist`` keeps bindings in memory only.
+Tests never assert on these figures (DESIGN.md §9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging
+import platform
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from registrar.register import RegistrarSettings  # noqa: E402
+from registrar.server import FrontEnd, FrontEndConfig  # noqa: E402
+from sipstack.transport.datagram import DatagramEndpoint  # noqa: E402
+from sipstack.transport.stream import StreamConnection  # noqa: E402
+
+LOCAL = ("127.0.0.1", 5060)
+PEER = ("127.0.0.1", 40000)
+
+_REGISTER = (
+    "REGISTER sip:example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/{T} 127.0.0.1:40000;branch=z9hG4bK-{run}-{n};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "To: <sip:user{run}x{n}@example.com>\r\n"
+    "From: <sip:user{run}x{n}@example.com>;tag=4242SIPpTag00{n}\r\n"
+    "Call-ID: {n}-4242@127.0.0.1\r\n"
+    "CSeq: 1 REGISTER\r\n"
+    "Contact: <sip:user{run}x{n}@127.0.0.1:40000;transport={t}>\r\n"
+    "Expires: 3600\r\n"
+    "User-Agent: sipp-bench\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+)
+_OPTIONS = (
+    "OPTIONS sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+    "Via: SIP/2.0/{T} 127.0.0.1:40000;branch=z9hG4bK-{run}-{n};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "To: <sip:service@127.0.0.1:5060>\r\n"
+    "From: <sip:sipp@127.0.0.1:40000>;tag=4242SIPpTag00{n}\r\n"
+    "Call-ID: {n}-4242@127.0.0.1\r\n"
+    "CSeq: 1 OPTIONS\r\n"
+    "Contact: <sip:sipp@127.0.0.1:40000;transport={t}>\r\n"
+    "Accept: application/sdp\r\n"
+    "User-Agent: sipp-bench\r\n"
+    "Content-Length: 0\r\n"
+    "\r\n"
+)
+TEMPLATES = {"register": _REGISTER, "options": _OPTIONS}
+
+
+class FakeStreamTransport:
+    """Enough of asyncio.Transport for StreamConnection: counts writes and bytes."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.nbytes = 0
+        self.last = b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": PEER, "sockname": LOCAL}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.nbytes += len(data)
+        self.last = data
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class FakeDatagramTransport(FakeStreamTransport):
+    """Enough of asyncio.DatagramTransport for DatagramEndpoint."""
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.write(data)
+
+
+def make_requests(mode: str, transport: str, run: int, number: int) -> list[bytes]:
+    template = TEMPLATES[mode]
+    t = transport
+    return [
+        template.format(T=t.upper(), t=t, run=run, n=n).encode() for n in range(number)
+    ]
+
+
+async def _start(persist: bool, state: Path) -> FrontEnd:
+    config = FrontEndConfig(
+        listen=[],
+        fqdn="fe.example.com",
+        domains=["example.com"],
+        state_dir=state if persist else None,
+        registrar=RegistrarSettings(auth="off"),
+    )
+    fe = FrontEnd(config)
+    fe.policy.local_hosts.add("127.0.0.1")
+    await fe.start()
+    return fe
+
+
+async def _one_run(
+    fe: FrontEnd, mode: str, transport: str, run: int, number: int, batch: int,
+    profile: cProfile.Profile | None = None,
+) -> dict[str, float]:
+    requests = make_requests(mode, transport, run, number)
+    endpoint = fe.endpoint
+    if transport == "udp":
+        fake = FakeDatagramTransport()
+        udp = DatagramEndpoint(endpoint)
+        udp.connection_made(fake)  # type: ignore[arg-type]
+        recv = udp.datagram_received
+        chunks = requests
+
+        def feed(data: bytes) -> None:
+            recv(data, PEER)
+    else:
+        fake = FakeStreamTransport()
+        conn = StreamConnection(endpoint, transport, fe.config.limits)
+        conn.connection_made(fake)  # type: ignore[arg-type]
+        feed = conn.data_received  # type: ignore[assignment]
+        chunks = [b"".join(requests[i : i + batch]) for i in range(0, number, batch)]
+    await asyncio.sleep(0)
+    if profile is not None:
+        profile.enable()
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    for i, chunk in enumerate(chunks):
+        feed(chunk)
+        if i & 255 == 255:
+            await asyncio.sleep(0)  # let call_soon work (e.g. uvloop write flushes) run
+    await asyncio.sleep(0)
+    if fe.location is not None:
+        await asyncio.to_thread(fe.location.flush)
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    if profile is not None:
+        profile.disable()
+    expected = b"SIP/2.0 200 OK"
+    if fake.writes == 0 or not fake.last.startswith(expected):
+        raise SystemExit(f"{mode}/{transport}: unexpected answer {fake.last[:200]!r}")
+    if transport != "udp":
+        conn.connection_lost(None)
+    return {
+        "cpu_us": cpu / number * 1e6,
+        "wall_us": wall / number * 1e6,
+        "writes_per_req": fake.writes / number,
+        "bytes_per_req": fake.nbytes / number,
+    }
+
+
+async def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    modes = ["options", "register"] if args.mode == "all" else [args.mode]
+    with tempfile.TemporaryDirectory(prefix="fe_path-") as tmp:
+        fe = await _start(not args.no_persist, Path(tmp) / "state")
+        try:
+            run = 0
+            for mode in modes:
+                for transport in args.transport.split(","):
+                    runs = []
+                    # warm-up (imports, caches)
+                    await _one_run(fe, mode, transport, run, min(2000, args.number), args.batch)
+                    run += 1
+                    for _ in range(args.repeat):
+                        runs.append(
+                            await _one_run(fe, mode, transport, run, args.number, args.batch)
+                        )
+                        run += 1
+                    best = min(runs, key=lambda r: r["cpu_us"])
+                    results.append(
+                        {
+                            "mode": mode,
+                            "transport": transport,
+                            "cpu_us": best["cpu_us"],
+                            "wall_us": min(r["wall_us"] for r in runs),
+                            "cpu_us_median": sorted(r["cpu_us"] for r in runs)[len(runs) // 2],
+                            "writes_per_req": best["writes_per_req"],
+                            "bytes_per_req": best["bytes_per_req"],
+                        }
+                    )
+                    if args.profile:
+                        prof = cProfile.Profile()
+                        await _one_run(
+                            fe, mode, transport, run, args.number, args.batch, profile=prof
+                        )
+                        run += 1
+                        print(f"\n=== profile {mode}/{transport} ===", file=sys.stderr)
+                        stats = pstats.Stats(prof, stream=sys.stderr)
+                        stats.sort_stats("tottime").print_stats(args.profile_top)
+        finally:
+            await fe.stop()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", nargs="?", default="all", choices=["all", "options", "register"])
+    parser.add_argument("--transport", default="tcp,udp")
+    parser.add_argument("--number", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-top", type=int, default=40)
+    parser.add_argument("--no-persist", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    if args.no_uvloop:
+        results = asyncio.run(_bench(args))
+    else:
+        import uvloop
+
+        results = uvloop.run(_bench(args))
+    if args.json:
+        print(json.dumps({"python": platform.python_version(), "results": results}, indent=1))
+        return 0
+    print(f"{'mode':<9} {'transport':<9} {'cpu µs/req':>10} {'median':>8} {'wall µs':>8} "
+          f"{'writes/req':>10}")
+    for r in results:
+        print(
+            f"{r['mode']:<9} {r['transport']:<9} {r['cpu_us']:>10.1f} {r['cpu_us_median']:>8.1f} "
+            f"{r['wall_us']:>8.1f} {r['writes_per_req']:>10.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
