@@ -32,7 +32,8 @@ from .checks import UNDERSTOOD_BODIES, InspectionPolicy, inspect_request
 from .events import EventId, emit
 from .location import LocationService
 from .pool.heartbeat import HeartbeatService
-from .pool.membership import Membership
+from .pool.membership import Membership, PeerUp
+from .pool.rehome import Rehomer
 from .pool.routing import PoolRouter
 from .register import RegisterService, RegistrarSettings
 from .users import UserDirectory, normalize_aor
@@ -212,6 +213,12 @@ class FrontEnd:
         self.admin: AdminServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.pool: Any = None
+        self.regevent: Any = None
+        self.rehomer: Rehomer | None = None
+        self.draining = False
+        self.stop_requested = asyncio.Event()
+        self._topology_stat: tuple[int, int] | None = None
+        self._reload_now = asyncio.Event()
         self.router: PoolRouter | None = None
         self.membership: Membership | None = None
         self.heartbeats: HeartbeatService | None = None
@@ -295,7 +302,26 @@ class FrontEnd:
             topology_version=lambda: int(self.config.topology.version),
         )
         self.dispatcher.heartbeats = self.heartbeats
+        self.heartbeats.on_events = self._on_membership
+        self.heartbeats.on_topology_version = lambda version: self._reload_now.set()
+        regevent = self.regevent
+
+        async def notified(aors: list[str], timeout: float) -> None:
+            if regevent is not None:
+                await asyncio.gather(*(regevent.wait_idle(aor, timeout) for aor in aors))
+
+        self.rehomer = Rehomer(
+            self.location,
+            self.router,
+            close_flow=self._close_flow,
+            notified=notified,
+            batch_users=int(settings.rehome_batch_users),
+            batch_interval=float(settings.rehome_batch_interval),
+        )
+        self.rehomer.start()
         self.heartbeats.start()
+        self._topology_stat = _stat(topology.path)
+        self._tasks.append(asyncio.create_task(self._watch_topology()))
         emit(
             EventId.TOPOLOGY_LOADED,
             path=str(topology.path),
@@ -303,6 +329,108 @@ class FrontEnd:
             pool=pool.fqdn,
             server_id=fe.server_id,
         )
+
+    def _on_membership(self, events: list[Any]) -> None:
+        """A peer came up: AORs whose current registrar it is now go home (re-homing)."""
+        if self.rehomer is None:
+            return
+        for event in events:
+            if isinstance(event, PeerUp):
+                self.rehomer.trigger(f"peer up: {event.fqdn}")
+
+    def _close_flow(self, flow_id: int) -> None:
+        flow = self.endpoint.flows.get(flow_id)
+        if flow is not None:
+            flow.close()
+
+    async def _watch_topology(self) -> None:
+        """Reload the topology when its file changes (polled every second) or a peer runs a
+        newer version; an invalid file is reported (event 32022) and the old one kept."""
+        from .topology import TopologyError, load_topology
+
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_now.wait(), 1.0)
+            self._reload_now.clear()
+            path = self.config.topology.path
+            stat = _stat(path)
+            if stat == self._topology_stat:
+                continue
+            self._topology_stat = stat
+            try:
+                topology = await asyncio.to_thread(load_topology, path)
+            except TopologyError as exc:
+                emit(EventId.TOPOLOGY_INVALID, logging.ERROR, path=str(path), error=str(exc))
+                continue
+            if topology.version == self.config.topology.version:
+                continue
+            self._apply_topology(topology)
+
+    def _apply_topology(self, topology: Any) -> None:
+        """Switch to a new topology: peers, routing, re-homing; drain if we left it."""
+        assert self.router is not None and self.membership is not None
+        assert self.heartbeats is not None and self.rehomer is not None
+        old_fe = topology_fe = None
+        with contextlib.suppress(KeyError):
+            topology_fe = topology.fe(self.config.fqdn)
+        old_fe = self.router.self_fe
+        pool_fqdn = topology_fe.pool if topology_fe is not None else self.pool.fqdn
+        try:
+            pool = topology.pool(pool_fqdn)
+        except KeyError:
+            emit(
+                EventId.TOPOLOGY_INVALID,
+                logging.ERROR,
+                path=str(topology.path),
+                error=f"pool {pool_fqdn} is gone",
+            )
+            return
+        self.config.topology = topology
+        self.pool = pool
+        emit(
+            EventId.TOPOLOGY_LOADED,
+            path=str(topology.path),
+            version=topology.version,
+            pool=pool.fqdn,
+            server_id=old_fe.server_id,
+        )
+        commissioned = {f.server_id: f.fqdn for f in pool.front_ends}
+        if topology_fe is None:
+            self._start_drain(topology, pool, old_fe)
+            return
+        self.router.update(topology, pool, topology_fe)
+        events = self.membership.update_commissioned(commissioned, time.monotonic())
+        self.heartbeats.set_peers(
+            {f.server_id: f for f in pool.front_ends if f.server_id != topology_fe.server_id}
+        )
+        if events:
+            self.heartbeats._publish(events)
+        self.rehomer.trigger(f"topology v{topology.version}")
+
+    def _start_drain(self, topology: Any, pool: Any, old_fe: Any) -> None:
+        """This FE was decommissioned: redirect new REGISTERs, re-home every AOR in batches,
+        then stop (exit 0)."""
+        assert self.router is not None and self.rehomer is not None
+        assert self.heartbeats is not None
+        if self.draining:
+            return
+        self.draining = True
+        self.heartbeats.frozen = True
+        self.router.update(topology, pool, old_fe)
+        self.rehomer.progress.draining = True
+        log.warning("%s is no longer in the topology: draining", self.config.fqdn)
+        self._tasks.append(asyncio.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        assert self.rehomer is not None
+        interval = max(0.2, self.rehomer.batch_interval)
+        while True:
+            self.rehomer.trigger("decommission")
+            if self.location.aor_count == 0 and self.rehomer.idle.is_set():
+                break
+            await asyncio.sleep(interval)
+        log.warning("%s drained: every AOR re-homed; stopping", self.config.fqdn)
+        self.stop_requested.set()
 
     async def _sweep(self) -> None:
         """Remove expired bindings every second (RFC 3261 §10.2.1: bindings time out)."""
@@ -334,7 +462,9 @@ class FrontEnd:
             "backup_mode": sum(
                 1 for aor in location.aors() if any(b.backup for b in location.lookup(aor))
             ),
-            "rehome_pending": 0,
+            "rehome_pending": self.rehomer.progress.pending if self.rehomer else 0,
+            "rehome": self.rehomer.status() if self.rehomer else None,
+            "draining": self.draining,
             "pool": self._pool_status(),
         }
 
@@ -383,12 +513,22 @@ class FrontEnd:
         emit(EventId.FE_STOPPING, fqdn=self.config.fqdn)
         if self.heartbeats is not None:
             await self.heartbeats.stop()
+        if self.rehomer is not None:
+            await self.rehomer.stop()
         for task in self._tasks:
             task.cancel()
         if self.admin is not None:
             await self.admin.stop()
         await self.endpoint.close()
         await asyncio.to_thread(self.location.close)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def _home_pool(users: UserDirectory, aor: str) -> str | None:
@@ -433,7 +573,7 @@ async def run_frontend(
     raise_fd_limit()
     fe = FrontEnd(config)
     await fe.start()
-    stop = asyncio.Event()
+    stop = fe.stop_requested
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

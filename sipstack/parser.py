@@ -44,6 +44,13 @@ _WELL_KNOWN = frozenset(
         "retry-after", "date", "timestamp", "warning",
     }
 )
+_METHODS = frozenset(
+    {
+        "REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE", "NOTIFY",
+        "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER", "SERVICE", "NEGOTIATE",
+        "BENOTIFY",
+    }
+)
 _known_names: dict[str, tuple[str, str]] = {}
 _MAX_KNOWN = 2048
 
@@ -112,31 +119,31 @@ def parse_message(
     end = data.find(b"\r\n\r\n", start)
     headers = None
     if end >= 0:
-        head = data[start:end].decode("utf-8", "surrogateescape")
-        lines = head.split("\r\n")
-        n = len(lines) - 1
-        if head.count("\n") == n and head.count("\r") == n:
-            # Fast path: every name seen before (so a valid token), no folding.
-            known = _known_names
-            try:
-                headers = [
-                    known[name] + (value.strip(" \t"),)
-                    for name, colon, value in map(str.partition, lines[1:], repeat(":"))
-                    if colon
-                ]
-            except KeyError:
-                headers = None
+        # Fast path: split at LF, strip the CR with the value's whitespace. It applies when
+        # every header name has been seen before (so is a valid token), no line is folded or
+        # lacks a ':' and no value holds a CR; anything else takes the careful path below.
+        lines = data[start:end].decode("utf-8", "surrogateescape").split("\n")
+        known = _known_names
+        try:
+            headers = [
+                known[name] + (stripped,)
+                for name, colon, value in map(str.partition, lines[1:], repeat(":"))
+                if colon and "\r" not in (stripped := value.strip())
+            ]
+        except KeyError:
+            headers = None
+        else:
+            first = lines[0]
+            if first[-1:] == "\r":
+                first = first[:-1]
+            if len(headers) == len(lines) - 1 and "\r" not in first:
+                body = data[end + 4 :]
             else:
-                if len(headers) != n:
-                    headers = None
-            if headers is None:
-                headers = _parse_headers(_unfold(lines))
-            body = data[end + 4 :]
+                headers = None
     if headers is None:
-        # Bare LF line ends, a bare CR, or no empty line at all.
         lines, body = _split_lenient(data, start, datagram)
         headers = _parse_headers(lines)
-    first = lines[0]
+        first = lines[0]
     if not first:
         raise SipParseError("empty start line")
 
@@ -154,6 +161,9 @@ def parse_message(
 
     if first[:4] == "SIP/":
         return _response(first, headers, body)
+    parts = first.split(" ")
+    if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] in _METHODS:
+        return Request(parts[0], parts[1], headers, body, "SIP/2.0")
     return _request(first, headers, body)
 
 
@@ -165,7 +175,7 @@ def _parse_headers(lines: list[str]) -> list[tuple[str, str, str]]:
         if not colon:
             raise SipParseError(f"header line without ':' {lines[i][:40]!r}")
         key, wire = _header_name(name)
-        headers.append((key, wire, value.strip(" \t")))
+        headers.append((key, wire, value.strip()))
     return headers
 
 
@@ -203,7 +213,7 @@ def _unfold(lines: list[str]) -> list[str]:
         if line[:1] in (" ", "\t"):
             if len(out) == 1:
                 raise SipParseError("continuation line before the first header")
-            out[-1] = out[-1].rstrip(" \t") + " " + line.strip(" \t")
+            out[-1] = out[-1].rstrip() + " " + line.strip()
         else:
             out.append(line)
     return out

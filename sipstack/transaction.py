@@ -154,7 +154,19 @@ class TimerConfig:
 
     def timers(self, reliable: bool) -> Timers:
         """The timer durations for a reliable (TCP, TLS, SCTP, WS) or unreliable (UDP)
-        transport: on reliable transports A/E/G are not used and D/I/J/K are zero."""
+        transport: on reliable transports A/E/G are not used and D/I/J/K are zero.
+
+        Computed once per distinct configuration and transport kind (every transaction asks;
+        :class:`Timers` is immutable, so one object is shared)."""
+        cache_key = (self.T1, self.T2, self.T4, self.D, reliable)
+        found = _TIMERS_CACHE.get(cache_key)
+        if found is None:
+            found = self._compute_timers(reliable)
+            if len(_TIMERS_CACHE) < 64:
+                _TIMERS_CACHE[cache_key] = found
+        return found
+
+    def _compute_timers(self, reliable: bool) -> Timers:
         t64 = 64 * self.T1
         if reliable:
             return Timers(
@@ -165,6 +177,9 @@ class TimerConfig:
             A=self.T1, B=t64, D=self.D, E=self.T1, F=t64, G=self.T1, H=t64, I=self.T4,
             J=t64, K=self.T4, L=t64, M=t64, T2=self.T2,
         )
+
+
+_TIMERS_CACHE: dict[tuple[float, float, float, float, bool], Timers] = {}
 
 
 # ------------------------------------------------------------------------------------ events
@@ -403,14 +418,15 @@ class Transaction:
         config: TimerConfig | None,
         key: Hashable,
         state: TransactionState,
+        timers: Timers | None = None,
     ) -> None:
         self.request = request
-        self.method = request.method
-        self.is_invite = request.method == "INVITE"
+        self.method = method = request.method
+        self.is_invite = method == "INVITE"
         self.dest = dest
         self.reliable = reliable
-        self.config = config if config is not None else TimerConfig()
-        self.timers = self.config.timers(reliable)
+        self.config = config = config if config is not None else TimerConfig()
+        self.timers = timers if timers is not None else config.timers(reliable)
         self.key = key
         self.state = state
         self.last_response: Response | None = None
@@ -607,13 +623,21 @@ class ServerTransaction(Transaction):
         source: Any,
         reliable: bool,
         config: TimerConfig | None = None,
+        *,
+        key: Hashable | None = None,
+        timers: Timers | None = None,
     ) -> None:
         """Raises ValueError for ACK (never creates a transaction) and SipParseError when
-        the headers the matching key needs are missing or malformed."""
-        if request.method == "ACK":
+        the headers the matching key needs are missing or malformed. ``key`` (the request's
+        :func:`_server_key`) and ``timers`` (``config.timers(reliable)``) may be passed when
+        the caller has them already (the :class:`TransactionLayer` does)."""
+        method = request.method
+        if method == "ACK":
             raise ValueError("ACK does not create a server transaction (RFC 3261 §17.2.3)")
-        initial = S.PROCEEDING if request.method == "INVITE" else S.TRYING
-        super().__init__(request, source, reliable, config, _server_key(request), initial)
+        initial = S.PROCEEDING if method == "INVITE" else S.TRYING
+        if key is None:
+            key = _server_key(request)
+        super().__init__(request, source, reliable, config, key, initial, timers)
 
     @property
     def rfc2543(self) -> bool:
@@ -780,6 +804,12 @@ class TransactionLayer:
         self._ack2543: dict[Hashable, ServerTransaction] = {}
         self._heap: list[tuple[float, int, Transaction]] = []
         self._seq = itertools.count()
+        # New server transactions whose deadlines are not in the heap yet: most are answered
+        # before anyone asks for the next deadline (the TU answers at once), and a final
+        # response on a reliable transport ends them, so their guard timer is never queued.
+        # next_deadline() and tick() queue those still waiting (see _queue_new).
+        self._unqueued: list[ServerTransaction] = []
+        self._timers_for = {True: self.config.timers(True), False: self.config.timers(False)}
 
     def __len__(self) -> int:
         """The number of live (not yet terminated) transactions, client and server."""
@@ -816,6 +846,15 @@ class TransactionLayer:
         txn._queued = deadline
         if len(self._heap) > 2 * len(self) + 64:
             self._compact()
+
+    def _queue_new(self) -> None:
+        """Queue the deadlines of new server transactions not queued yet (see __init__)."""
+        pending = self._unqueued
+        if pending:
+            self._unqueued = []
+            for txn in pending:
+                if txn.state is not S.TERMINATED:
+                    self._after(txn)
 
     def _compact(self) -> None:
         heap: list[tuple[float, int, Transaction]] = []
@@ -859,22 +898,39 @@ class TransactionLayer:
         via = request.top_via
         if reliable is None:
             reliable = via.transport not in UNRELIABLE_TRANSPORTS
-        is_ack = request.method == "ACK"
-        if is_ack and not has_magic_cookie(via.branch):
+        method = request.method
+        is_ack = method == "ACK"
+        branch = via.params.get("branch")
+        rfc3261 = branch is not None and len(branch) > 7 and branch.startswith(MAGIC_COOKIE)
+        if rfc3261:  # _server_key(), inlined: this runs for every request
+            host = via.host.lower()
+            port = via.port
+            key: Hashable = (
+                "3261",
+                branch,
+                host if port is None else f"{host}:{port}",
+                "INVITE" if is_ack else method,
+            )
+            txn = self._server.get(key)
+        elif is_ack:
             txn = self._ack2543.get(_ack_key_2543(request))
             if txn is not None:
                 last = txn.last_response
                 if last is None or last.to.tag != request.to.tag:
                     txn = None
         else:
-            txn = self._server.get(_server_key(request))
+            key = _key_2543(request, method)
+            txn = self._server.get(key)
         if txn is not None:
             events = txn.receive_request(request, now)
             self._after(txn)
             return events
         if is_ack:
             return [AckReceived(request, source)]
-        if self.max_transactions is not None and len(self) >= self.max_transactions:
+        server = self._server
+        if self.max_transactions is not None and len(server) + len(self._client) >= (
+            self.max_transactions
+        ):
             self.overload_rejections += 1
             busy = make_response(request, 503, to_tag=secrets.token_hex(8))
             busy.headers.insert(
@@ -882,17 +938,21 @@ class TransactionLayer:
                 ("retry-after", "Retry-After", str(self.overload_retry_after)),
             )
             return [TransmitMessage(busy, source, reliable)]
-        txn = ServerTransaction(request, source, reliable, self.config)
-        self._server[txn.key] = txn
-        if txn.is_invite and txn.rfc2543:
-            self._ack2543[_ack_key_2543(request)] = txn
+        txn = ServerTransaction(
+            request, source, reliable, self.config, key=key, timers=self._timers_for[reliable]
+        )
+        server[key] = txn
         events: list[Event]
-        if request.method == "CANCEL":
+        if method == "INVITE":
+            if not rfc3261:
+                self._ack2543[_ack_key_2543(request)] = txn
+            events = [RequestReceived(request, txn)]
+        elif method == "CANCEL":
             events = [CancelReceived(request, self.find_invite_for_cancel(request), txn)]
         else:
             events = [RequestReceived(request, txn)]
         events.extend(txn.start(now))
-        self._after(txn)
+        self._unqueued.append(txn)  # queued by next_deadline()/tick() unless answered first
         return events
 
     def find_invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
@@ -921,7 +981,7 @@ class TransactionLayer:
             ValueError: a status outside 100..699.
         """
         if isinstance(transaction, ServerTransaction):
-            txn = transaction if self._is_live(transaction) else None
+            txn = transaction if self._server.get(transaction.key) is transaction else None
         else:
             txn = self._server.get(transaction)
         if txn is None:
@@ -988,6 +1048,8 @@ class TransactionLayer:
     # ------------------------------------------------------------------ time and errors
     def next_deadline(self) -> float | None:
         """The earliest time (seconds) at which :meth:`tick` has work, or ``None``."""
+        if self._unqueued:
+            self._queue_new()
         heap = self._heap
         while heap:
             deadline, _, txn = heap[0]
@@ -999,6 +1061,8 @@ class TransactionLayer:
     def tick(self, now: float) -> list[Event]:
         """Fire every timer due at ``now`` (seconds) in deadline order; returns the events
         (retransmissions, timeouts, terminations). Calling it early or often is harmless."""
+        if self._unqueued:
+            self._queue_new()
         events: list[Event] = []
         heap = self._heap
         while heap and heap[0][0] <= now:

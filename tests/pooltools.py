@@ -5,10 +5,11 @@
   ``127.0.X.53``) and ports that are free on every address of the block; returns a
   :class:`PoolLayout` (FEs, server IDs, ports) that also predicts where an AOR registers
   (:meth:`PoolLayout.current`, DESIGN.md §4 via :func:`registrar.pool.sequence.logical_sequence`).
-* :class:`LivePool` — starts the pieces by hand (``registrar certs init``, ``users import``,
-  ``dns serve``, one ``registrar serve --topology --fe`` per FE) so tests can SIGKILL,
-  SIGSTOP, SIGCONT and restart single FEs; waits on the FEs' own membership views
-  (admin ``/status``), never on fixed sleeps.
+* :func:`start_pool` / :class:`LivePool` — starts the pieces by hand (``registrar certs
+  init``, ``users import``, ``dns serve``, one ``registrar serve --topology --fe`` per FE) so
+  tests can SIGKILL, SIGSTOP, SIGCONT and restart single FEs; waits on the FEs' own views
+  (admin ``/status``), never on fixed sleeps. :func:`start_pool` retries with fresh ports when
+  one was taken between choosing and binding.
 * Admin API access (:func:`admin_get`, :meth:`LivePool.bindings_of`) with a small thread pool
   for checking thousands of AORs.
 * :func:`sip_register` — a small synchronous REGISTER client over TCP (digest MD5/SHA-256,
@@ -45,6 +46,7 @@ from procs import REPO, SipStream, header_values, read_message, registrar_comman
 
 from registrar.pool.sequence import logical_sequence
 from registrar.users import normalize_aor
+from sipstack.auth import answer_challenge, format_credentials, parse_challenge
 
 __all__ = [
     "DEMO_PASSWORD",
@@ -58,6 +60,7 @@ __all__ = [
     "admin_get",
     "aor_of",
     "common_free_ports",
+    "parse_contact",
     "run_pool_sipp",
     "run_registrar",
     "sip_register",
@@ -611,8 +614,6 @@ class RegisterOutcome:
 
 def _digest(challenge: str, *, user: str, password: str, uri: str, method: str) -> str:
     """An ``Authorization`` value answering one ``WWW-Authenticate`` (qop=auth, MD5/SHA-256)."""
-    from sipstack.auth import answer_challenge, format_credentials, parse_challenge
-
     parsed = parse_challenge(challenge)
     credentials = answer_challenge(
         parsed,

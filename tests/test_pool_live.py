@@ -468,14 +468,60 @@ def test_redirect_names_the_current_registrar_without_challenge(pool: LivePool) 
             assert pool.bindings_of(fe.fqdn, aor) == held_before
 
 
-def _reader(stream: Any, lines: list[str]) -> threading.Thread:
-    def read() -> None:
-        for line in stream:
-            lines.append(line.rstrip("\n"))
+class PoolUp:
+    """``registrar pool up --topology FILE --users 2000`` as a subprocess, its output collected
+    line by line; :meth:`close` makes sure nothing it started survives the test."""
 
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
+    def __init__(self, layout: PoolLayout) -> None:
+        self.proc = subprocess.Popen(
+            [*registrar_command(), "pool", "up", "--topology", str(layout.path), "--users", "2000"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the children it reported starting (DNS server and FEs)."""
+        return [int(p) for p in re.findall(r"^started \S+ \(pid (\d+)\)", self.text, re.M)]
+
+    def wait_line(self, predicate: Callable[[str], bool], timeout: float, what: str) -> None:
+        wait_for(
+            lambda: any(predicate(line) for line in self.lines) or self.proc.poll() is not None,
+            timeout,
+            lambda: f"pool up: no {what}:\n" + "\n".join(self.lines[-30:]),
+        )
+        assert self.proc.poll() is None, f"pool up exited {self.proc.returncode}:\n{self.text}"
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM; its exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for pid in self.pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -491,28 +537,13 @@ def _alive(pid: int) -> bool:
 
 def test_pool_up_runs_and_stops_the_whole_pool(tmp_path: Path) -> None:
     layout = write_topology(tmp_path / "pool", POOL_UP_BLOCK)
-    proc = subprocess.Popen(
-        [*registrar_command(), "pool", "up", "--topology", str(layout.path), "--users", "2000"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    _reader(proc.stdout, lines)
-    pids: list[int] = []
+    children = 1 + len(layout.fes)  # the DNS server and every FE
+    run = PoolUp(layout)
     try:
-        wait_for(
-            lambda: "Ctrl-C stops the pool." in lines or proc.poll() is not None,
-            90,
-            lambda: "pool up never finished starting:\n" + "\n".join(lines[-30:]),
-        )
-        text = "\n".join(lines)
-        assert proc.poll() is None, text
-        assert "pool is up" in lines, text
-        pids = [int(p) for p in re.findall(r"^started \S+ \(pid (\d+)\)", text, re.M)]
-        assert len(pids) == 1 + len(layout.fes), text  # the DNS server and every FE
+        run.wait_line(lambda line: line == "Ctrl-C stops the pool.", 90, "instructions")
+        text = run.text
+        assert "pool is up" in run.lines, text
+        assert len(run.pids) == children, text
         # The client instructions: DNS address, the CA, the commands.
         assert f"DNS server: {layout.dns_text}" in text, text
         assert (
@@ -526,9 +557,9 @@ def test_pool_up_runs_and_stops_the_whole_pool(tmp_path: Path) -> None:
         done = run_registrar("status", "--topology", str(layout.path), "--json")
         assert done.returncode == 0, done.stderr
         status = json.loads(done.stdout)
-        fe_pids = {row["fqdn"]: row["pid"] for row in status["front_ends"]}
         assert all(row["state"] == "up" for row in status["front_ends"]), status
-        assert set(fe_pids.values()) <= set(pids), (fe_pids, pids)
+        fe_pids = {row["pid"] for row in status["front_ends"]}
+        assert fe_pids <= set(run.pids) and len(fe_pids) == len(layout.fes), (status, run.pids)
 
         # A user registers through it (the instructions work).
         done = run_registrar(
@@ -537,23 +568,24 @@ def test_pool_up_runs_and_stops_the_whole_pool(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
 
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-        assert code == 0, "\n".join(lines[-30:])
-        left = [pid for pid in pids if _alive(pid)]
+        assert run.terminate() == 0, run.text
+        assert "stopping the pool ..." in run.lines
+        left = [pid for pid in run.pids if _alive(pid)]
         assert not left, f"processes left after SIGTERM: {left}"
-        assert "stopping the pool ..." in lines
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        run.close()
+
+    # SIGTERM while it is still starting (right after it started the last FE, usually before
+    # "pool is up"): it stops every child all the same, and exits 0.
+    run = PoolUp(layout)
+    try:
+        run.wait_line(lambda line: line.startswith(f"started {layout.fes[-1].fqdn} "), 60, "start")
+        assert run.terminate() == 0, run.text
+        assert len(run.pids) == children, run.text
+        left = [pid for pid in run.pids if _alive(pid)]
+        assert not left, f"processes left after SIGTERM during start-up: {left}\n{run.text}"
+    finally:
+        run.close()
 
     # An unknown FE: exit 2, naming the FEs the topology has.
     done = run_registrar("serve", "--topology", str(layout.path), "--fe", "unknown.fqdn")

@@ -83,6 +83,10 @@ class HeartbeatService:
             ``tls_port``).
         topology_version: returns the version of the topology this FE runs.
         on_events: called with the membership events (after they are logged).
+
+    Attributes:
+        frozen: stop timing peers out (set while draining).
+        on_topology_version: called when a peer runs a newer topology version than ours.
         clock: monotonic seconds.
     """
 
@@ -109,6 +113,8 @@ class HeartbeatService:
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.frozen = False
+        self.on_topology_version: Callable[[int], None] | None = None
         self.stats = {"sent": 0, "received": 0, "refused": 0}
 
     # --------------------------------------------------------------------- lifecycle
@@ -183,8 +189,8 @@ class HeartbeatService:
 
     def _feed(self, hb: Heartbeat) -> None:
         events = self.membership.heartbeat(hb, self.clock())
-        if hb.topology_version != self.topology_version():
-            log.debug("peer %s runs topology version %s", hb.fqdn, hb.topology_version)
+        if hb.topology_version > self.topology_version() and self.on_topology_version:
+            self.on_topology_version(hb.topology_version)
         if events:
             self._publish(events)
 
@@ -217,7 +223,9 @@ class HeartbeatService:
         interval = self.membership.interval
         while not self._stopping:
             started = self.clock()
-            events = self.membership.tick(started)
+            # A draining FE has left the topology: its peers stop answering it, so it keeps
+            # the last view it had instead of timing them out (DESIGN.md §4 decommission).
+            events = [] if self.frozen else self.membership.tick(started)
             if events:
                 self._publish(events)
             for sid, peer in self.peers.items():

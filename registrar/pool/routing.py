@@ -90,7 +90,9 @@ class PoolRouter:
         self.stats = {"redirected": 0, "backup": 0, "unavailable": 0, "other_pool": 0}
 
     def update(self, topology: Any, pool: Any, self_fe: Any) -> None:
-        """A new topology was loaded (commission/decommission)."""
+        """A new topology was loaded (commission/decommission). When this FE is no longer in
+        ``pool`` (it is being decommissioned), it is never the current registrar: every AOR
+        is redirected to its next registrar."""
         self.topology = topology
         self.pool = pool
         self.self_fe = self_fe

@@ -115,8 +115,14 @@ class PoolSupervisor:
         """Print one progress line."""
         print(text, file=self.out, flush=True)
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop = True
+
     def start(self) -> None:
-        """Start the DNS server and every FE."""
+        """Start the DNS server and every FE. SIGINT/SIGTERM are caught from here on (not only
+        in :meth:`supervise`), so a signal during start-up still stops every child."""
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         dns_cmd = [sys.executable, "-m", "registrar", "dns", "serve", "--topology", str(self.path)]
         self.children.append(_Child("dns", dns_cmd, self.log_dir / "dns.log"))
@@ -144,10 +150,11 @@ class PoolSupervisor:
         self.say(f"started {child.name} (pid {child.process.pid}), log {child.log_path}")
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        """Wait until every FE's admin API answers (deadline ``timeout`` seconds)."""
+        """Wait until every FE's admin API answers (deadline ``timeout`` seconds); gives up
+        early (``False``) when SIGINT/SIGTERM asked the pool to stop."""
         deadline = time.monotonic() + timeout
         pending = [c for c in self.children if "fe" in c.extra]
-        while pending and time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline and not self._stop:
             for child in list(pending):
                 fe = child.extra["fe"]
                 if child.process is not None and child.process.poll() is not None:
@@ -213,11 +220,8 @@ class PoolSupervisor:
     def supervise(self) -> int:
         """Watch the children until stopped (SIGINT/SIGTERM); returns the exit code."""
 
-        def stop(signum: int, frame: Any) -> None:
-            self._stop = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
         while not self._stop:
             for child in self.children:
                 proc = child.process

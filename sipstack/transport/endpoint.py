@@ -235,11 +235,18 @@ class SipEndpoint:
                 self._answer_error(req, flow, exc)
             return
         self._stamp_via(req, flow)
-        self._process(
-            self.transactions.receive_request(req, flow, self._now(), reliable=flow.reliable), flow
+        loop = self._loop or self._get_loop()
+        events = self.transactions.receive_request(
+            req, flow, loop.time(), reliable=flow.transport != "udp"
         )
+        self._dispatch(events, flow)
+        self._arm()
 
     # ----------------------------------------------------------------- transactions
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _now(self) -> float:
         loop = self._loop
         if loop is None:
@@ -247,21 +254,28 @@ class SipEndpoint:
         return loop.time()
 
     def _process(self, events: list[Event], flow: Flow) -> None:
-        """Carry out the transaction layer's events (sans-I/O → I/O)."""
+        """Carry out the transaction layer's events (sans-I/O → I/O), then re-arm the timer."""
+        self._dispatch(events, flow)
+        self._arm()
+
+    def _dispatch(self, events: list[Event], flow: Flow) -> None:
+        """:meth:`_process` without re-arming the transaction timer (the caller does, once)."""
         for event in events:
             kind = type(event)
             if kind is TransmitMessage:
-                assert isinstance(event, TransmitMessage)
-                message = event.message
-                if isinstance(message, Response):
-                    self._send_raw_response(message, event.dest)
+                message = event.message  # type: ignore[attr-defined]
+                if type(message) is Response or isinstance(message, Response):
+                    self._send_raw_response(message, event.dest)  # type: ignore[attr-defined]
                 else:
-                    self._send_request_bytes(message, event.dest)
+                    self._send_request_bytes(message, event.dest)  # type: ignore[attr-defined]
             elif kind is RequestReceived:
-                assert isinstance(event, RequestReceived)
-                response = self.handler.handle_request(event.request, flow)
+                response = self.handler.handle_request(event.request, flow)  # type: ignore[attr-defined]
                 if response is not None:
-                    self.respond(event.transaction, response)
+                    self._respond(event.transaction, response)  # type: ignore[attr-defined]
+            elif kind is TransactionTerminated:
+                txn = event.transaction  # type: ignore[attr-defined]
+                if isinstance(txn, ClientTransaction):
+                    self._resolve(txn, make_response(txn.request, 408))
             elif kind is AckReceived:
                 assert isinstance(event, AckReceived)
                 self.handler.handle_request(event.request, flow)
@@ -280,11 +294,6 @@ class SipEndpoint:
                 if isinstance(txn, ClientTransaction):
                     status = 408 if kind is TransactionTimeout else 503
                     self._resolve(txn, make_response(txn.request, status))
-            elif kind is TransactionTerminated:
-                txn = event.transaction  # type: ignore[attr-defined]
-                if isinstance(txn, ClientTransaction):
-                    self._resolve(txn, make_response(txn.request, 408))
-        self._arm()
 
     def _on_cancel(self, event: CancelReceived) -> None:
         """RFC 3261 §9.2: 481 without a matching INVITE; else 200 to the CANCEL and, if the
@@ -303,12 +312,17 @@ class SipEndpoint:
     def respond(self, transaction: ServerTransaction, response: Response) -> None:
         """Send ``response`` through a server transaction (retransmissions are then absorbed
         by resending it, RFC 3261 §17.2). A transaction that has ended is logged, not raised."""
+        self._respond(transaction, response)
+        self._arm()
+
+    def _respond(self, transaction: ServerTransaction, response: Response) -> None:
+        """:meth:`respond` without re-arming the transaction timer (the caller does)."""
         try:
             events = self.transactions.send_response(transaction, response, self._now())
         except TransactionStateError:
             log.debug("response %s for an ended transaction dropped", response.status)
             return
-        self._process(events, transaction.source)
+        self._dispatch(events, transaction.dest)
 
     def _resolve(self, txn: ClientTransaction, response: Response) -> None:
         future = self._pending.pop(txn, None)
@@ -362,25 +376,37 @@ class SipEndpoint:
         self.stats["sent"] += 1
 
     def _stamp_via(self, req: Request, flow: Flow) -> None:
-        """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via."""
+        """RFC 3261 §18.2.1 ``received`` and RFC 3581 ``rport`` on the top Via.
+
+        The usual top Via ends with a bare ``;rport`` and has no ``received``: then the two
+        parameters are appended to its text as received (no re-serialisation), and, on UDP,
+        the flow remembers that a response with this top Via goes back to the source
+        (:attr:`Flow.reply_via`)."""
         via = req.vias[0]
         src_ip, src_port = flow.remote
         params = via.params
-        changed = False
         if "rport" in params and params["rport"] is None:
-            params["rport"] = str(src_port)
+            fast = "received" not in params and next(reversed(params)) == "rport"
+            params["rport"] = port = str(src_port)
             params["received"] = src_ip
-            changed = True
         elif via.host != src_ip and params.get("received") != src_ip:
             params["received"] = src_ip
-            changed = True
-        if changed:
-            for i, (key, name, value) in enumerate(req.headers):
-                if key == "via":
+            fast = False
+        else:
+            return
+        headers = req.headers
+        for i, (key, name, value) in enumerate(headers):
+            if key == "via":
+                if fast and value[-6:] == ";rport" and "," not in value:
+                    top = f"{value}={port};received={src_ip}"
+                    headers[i] = (key, name, top)
+                    if flow.transport == "udp":
+                        flow.reply_via = top
+                else:
                     parts = split_commas(value) if "," in value else [value]
                     parts[0] = str(via)
-                    req.headers[i] = (key, name, ", ".join(parts))
-                    break
+                    headers[i] = (key, name, ", ".join(parts))
+                break
 
     def _answer_error(self, req: Request, flow: Flow, exc: SipParseError) -> None:
         # received/rport first, so that the error goes where a success would (RFC 3581 §4);
@@ -461,6 +487,15 @@ class SipEndpoint:
                     "response %s dropped: connection to %s:%s closed", response.status, host, port
                 )
             return
+        reply_via = flow.reply_via
+        if reply_via is not None:
+            for key, _, value in response.headers:
+                if key == "via":
+                    if value == reply_via:  # stamped by _stamp_via: rport=source port
+                        flow.send(data)
+                        self.stats["sent"] += 1
+                        return
+                    break
         dest = flow.remote
         try:
             via = response.top_via

@@ -39,6 +39,9 @@ class Flow:
         closed: set once the connection has closed.
         origin: the transport object that made the flow (a UDP socket endpoint or a stream
             connection), used to open further flows from the same socket.
+        reply_via: UDP only: the top Via of the request that arrived on this flow, as the
+            endpoint rewrote it with ``received`` and ``rport`` (RFC 3581 §4); a response
+            whose top Via is exactly this text goes back to ``remote`` without parsing it.
     """
 
     transport: str
@@ -51,6 +54,7 @@ class Flow:
     data: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
     origin: Any = None
+    reply_via: str | None = field(default=None, repr=False)
 
     @property
     def reliable(self) -> bool:

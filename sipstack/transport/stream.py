@@ -52,7 +52,9 @@ class StreamConnection(asyncio.Protocol):
         limits: framing limits (sizes in bytes, timeouts in seconds).
     """
 
-    __slots__ = ("_deadline", "_framer", "_loop", "_sink", "_timer", "_transport", "flow", "name")
+    __slots__ = (
+        "_deadline", "_framer", "_loop", "_out", "_sink", "_timer", "_transport", "flow", "name",
+    )
 
     def __init__(self, sink: FlowSink, transport_name: str, limits: FramingLimits) -> None:
         self._sink = sink
@@ -62,6 +64,9 @@ class StreamConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        # While data_received runs: what the messages it delivers write back, sent in one
+        # transport write at its end (one syscall for a burst of pipelined requests).
+        self._out: list[bytes] | None = None
         self.flow: Flow | None = None
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -89,16 +94,24 @@ class StreamConnection(asyncio.Protocol):
         flow = self.flow
         assert flow is not None
         events = self._framer.feed(data, self._loop.time())
-        for event in events:
-            kind = type(event)
-            if kind is MessageBytes:
-                self._sink.on_message(event.data, flow)  # type: ignore[union-attr]
-            elif kind is KeepAlivePing:
-                self._write(b"\r\n")
-            elif kind is FramingError:
-                self._sink.on_framing_error(flow, event.status, event.reason, event.head)  # type: ignore[union-attr]
-                self.close()
-                return
+        if events:
+            sink = self._sink
+            self._out = out = []
+            try:
+                for event in events:
+                    kind = type(event)
+                    if kind is MessageBytes:
+                        sink.on_message(event.data, flow)  # type: ignore[union-attr]
+                    elif kind is KeepAlivePing:
+                        out.append(b"\r\n")
+                    elif kind is FramingError:
+                        sink.on_framing_error(flow, event.status, event.reason, event.head)  # type: ignore[union-attr]
+                        self.close()
+                        return
+            finally:
+                self._out = None
+                if out:
+                    self._flush(out)
         self._schedule()
 
     def eof_received(self) -> bool | None:
@@ -115,12 +128,26 @@ class StreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------------ internals
     def _write(self, data: bytes) -> None:
+        out = self._out
+        if out is not None:  # inside data_received: written once at its end, in order
+            out.append(data)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
+    def _flush(self, out: list[bytes]) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def close(self) -> None:
         """Close the connection after flushing what was written."""
+        out = self._out
+        if out:  # closed while data_received runs: what was written so far goes first
+            pending = out[:]
+            out.clear()
+            self._flush(pending)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
