@@ -5,7 +5,9 @@ JSON shape (scripts read it)::
     {"pool": "pool.contoso.com", "topology_version": 3, "quorum": true,
      "front_ends": [{"fqdn", "ip", "server_id", "pid", "state": "up"|"down", "aors",
                      "bindings", "backup_mode", "rehome_pending", "quorum", "up": [ids],
-                     "seen_up_by": n}]}
+                     "seen_up_by": n, "draining": bool,
+                     "rehome": {"pending", "batches", "last_batch" (Unix time), "aors",
+                                "bindings", "draining", "reason", "targets"}}]}
 
 ``state`` is ``up`` when the FE's admin API answers; ``seen_up_by`` counts the other FEs whose
 membership view has it up; ``quorum`` is a strict majority of the pool's FEs up.
@@ -13,6 +15,7 @@ membership view has it up; ``quorum`` is a strict majority of the pool's FEs up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -97,13 +100,18 @@ def render(pools: list[dict[str, Any]]) -> str:
         )
         lines.append(
             f"  {'FE':24} {'id':>3} {'state':6} {'pid':>7} {'AORs':>6} {'backup':>6} "
-            f"{'rehome':>6} {'seen up by':>10}"
+            f"{'rehome':>6} {'batches':>7} {'seen up by':>10}  last batch"
         )
         for fe in pool["front_ends"]:
             cell = {k: "-" if fe.get(k) is None else str(fe[k]) for k in fe}
+            rehome = fe.get("rehome") or {}
+            batches = rehome.get("batches", "-")
+            last_ts = rehome.get("last_batch")
+            last = time.strftime("%H:%M:%S", time.localtime(last_ts)) if last_ts else "-"
+            draining = "  DRAINING" if fe.get("draining") else ""
             lines.append(
                 f"  {fe['fqdn']:24} {fe['server_id']:>3} {fe['state']:6} {cell['pid']:>7} "
                 f"{cell['aors']:>6} {cell['backup_mode']:>6} {cell['rehome_pending']:>6} "
-                f"{fe['seen_up_by']:>10}"
+                f"{batches:>7} {fe['seen_up_by']:>10}  {last}{draining}"
             )
     return "\n".join(lines)
