@@ -49,10 +49,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registrar.register import RegistrarSettings  # noqa: E402
-from registrar.server import FrontEnd, FrontEndConfig  # noqa: E402
-from sipstack.transport.datagram import DatagramEndpoint  # noqa: E402
-from sipstack.transport.stream import StreamConnection  # noqa: E402
+from registrar.register import RegistrarSettings
+from registrar.server import FrontEnd, FrontEndConfig
+from sipstack.transport.datagram import DatagramEndpoint
+from sipstack.transport.stream import StreamConnection
 
 LOCAL = ("127.0.0.1", 5060)
 PEER = ("127.0.0.1", 40000)
@@ -196,12 +196,13 @@ async def _one_run(
 async def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     modes = ["options", "register"] if args.mode == "all" else [args.mode]
-    with tempfile.TemporaryDirectory(prefix="fe_path-") as tmp:
-        fe = await _start(not args.no_persist, Path(tmp) / "state")
-        try:
-            run = 0
-            for mode in modes:
-                for transport in args.transport.split(","):
+    run = 0
+    for mode in modes:
+        for transport in args.transport.split(","):
+            # A fresh FE per (mode, transport), as bench/cpu.py starts a fresh server.
+            with tempfile.TemporaryDirectory(prefix="fe_path-") as tmp:
+                fe = await _start(not args.no_persist, Path(tmp) / "state")
+                try:
                     runs = []
                     # warm-up (imports, caches)
                     await _one_run(fe, mode, transport, run, min(2000, args.number), args.batch)
@@ -232,8 +233,8 @@ async def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                         print(f"\n=== profile {mode}/{transport} ===", file=sys.stderr)
                         stats = pstats.Stats(prof, stream=sys.stderr)
                         stats.sort_stats("tottime").print_stats(args.profile_top)
-        finally:
-            await fe.stop()
+                finally:
+                    await fe.stop()
     return results
 
 

@@ -200,7 +200,7 @@ safe_value = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\u2028\u2029"),
     min_size=0,
     max_size=30,
-).filter(lambda v: v == v.strip(" \t"))
+).filter(lambda v: v == v.strip())
 SPECIAL_KEYS = {
     "via", "from", "to", "call-id", "cseq", "max-forwards", "content-length", "contact",
     "expires", "content-type", *headers_mod.COMPACT_FORMS, *headers_mod.COMPACT_FORMS.values(),
