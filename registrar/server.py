@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -556,6 +557,21 @@ def _nonce_secret(state_dir: Path | None) -> bytes:
     return data
 
 
+def tune_gc() -> None:
+    """Make cyclic garbage collection rare and cheap on an FE.
+
+    An FE keeps tens of thousands of live objects that are not garbage (bindings, and every
+    UDP transaction for Timer J = 32 s: about 64,000 at 2,000 requests/s). With CPython's
+    default thresholds a full collection walks all of them every few seconds, pausing the
+    event loop for hundreds of milliseconds, longer than a UDP client's 500 ms retransmission
+    timer. The request path creates few reference cycles, so: freeze everything allocated at
+    start-up (never scanned again) and collect the young generation 50 times less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(35_000, 20, 50)
+
+
 def raise_fd_limit() -> int:
     """Raise the soft open-files limit to the hard limit; returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -573,6 +589,7 @@ async def run_frontend(
     raise_fd_limit()
     fe = FrontEnd(config)
     await fe.start()
+    tune_gc()
     stop = fe.stop_requested
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
