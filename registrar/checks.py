@@ -52,15 +52,16 @@ class InspectionPolicy:
 
     Attributes:
         supported: option tags we support (RFC 3261 §19.2), lower case.
-        local_hosts: host names and IPs that address this FE or its SIP domains (lower case);
-            requests to other hosts would be forwarded.
+        local_hosts: host names and IPs that address this FE itself (lower case); requests to
+            other hosts, the FE's SIP domains included, would be forwarded (to a user's
+            bindings), so they get 483 at Max-Forwards 0.
     """
 
     supported: frozenset[str] = frozenset({"path", "outbound", "gruu"})
     local_hosts: set[str] = field(default_factory=set)
 
     def is_local(self, req: Request) -> bool:
-        """True if the Request-URI names this FE or one of its domains."""
+        """True if the Request-URI names this FE itself."""
         uri = req.request_uri
         return isinstance(uri, SipUri) and uri.host.lower().strip("[]") in self.local_hosts
 

@@ -182,7 +182,9 @@ class FrontEnd:
     def __init__(self, config: FrontEndConfig) -> None:
         self.config = config
         self.started = time.time()
-        local = {config.fqdn.lower(), "localhost", *(d.lower() for d in config.domains)}
+        # The FE's own identities (not its domains: a request for a domain's user would be
+        # forwarded to the user's bindings, so Max-Forwards 0 gets 483, RFC 3261 §16.3).
+        local = {config.fqdn.lower(), "localhost"}
         local.update(spec.host.lower() for spec in config.listen)
         self.policy = InspectionPolicy(local_hosts=local)
         self.server_header = f"registrar/{__version__}"
