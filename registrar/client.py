@@ -25,11 +25,20 @@ It does what a Lync-style client does against a pool of front ends (FEs) (DESIGN
 5. **Keeping it**: :meth:`PoolClient.run` refreshes at 70-80 % of the granted expiry, sends
    RFC 5626 §4.4.1 CRLF keep-alives, and when the connection (the *flow*) drops, registers
    again from scratch -- DNS first -- after an exponential backoff with jitter.
+6. **Being moved** (``subscribe=True``, DESIGN.md §4 "Re-homing"): after each registration the
+   client subscribes to the ``reg`` event package of its own AOR (RFC 3680 over RFC 6665) on
+   the registration's flow, answers every NOTIFY of that subscription and refreshes it before
+   it expires. When a NOTIFY says that one of *its own* contacts ended with
+   ``event="deactivated"`` (RFC 3680 §5.2), it registers again from scratch -- DNS, a random
+   FE, the ``301`` to the current registrar. Re-registrations never overlap: only
+   :meth:`PoolClient.run` starts them, one at a time, under the client's lock, and the flow
+   close that follows a deactivation is expected, not a second reason to register.
 
 The I/O-free parts are plain functions, tested alone: :func:`parse_dns_address`,
 :func:`trusted`, :func:`srv_order`, :func:`parse_redirect`, :func:`redirect_maddr`,
 :func:`pick_challenge`, :func:`build_register`, :func:`granted_expires`,
-:func:`parse_retry_after`, :func:`refresh_delay`, :func:`backoff_delay`, :func:`percentile`.
+:func:`parse_retry_after`, :func:`refresh_delay`, :func:`backoff_delay`, :func:`percentile`,
+:func:`build_subscribe`, :func:`parse_subscription_state`, :func:`own_contacts`.
 
 The command line (``registrar client register|load|resolve``) is added by :func:`add_cli`;
 ``python -m registrar.client`` runs it standalone. Operator documentation: ``docs/client.md``.
@@ -68,10 +77,13 @@ from sipstack.auth import (
     format_credentials,
     parse_challenge,
 )
+from sipstack.dialog import Dialog, DialogError
 from sipstack.errors import SipParseError
 from sipstack.framing import FramingLimits
 from sipstack.headers import NameAddr
 from sipstack.message import Request, Response, make_response
+from sipstack.reginfo import CONTENT_TYPE as REGINFO_TYPE
+from sipstack.reginfo import ContactInfo, RegInfo, parse_reginfo
 from sipstack.transport.endpoint import EndpointConfig, SipEndpoint
 from sipstack.transport.flows import Flow
 from sipstack.transport.stream import StreamConnection
@@ -83,7 +95,10 @@ from . import __version__
 __all__ = [
     "DEFAULT_EXPIRES",
     "DEFAULT_SRV_NAMES",
+    "DEFAULT_SUBSCRIBE_EXPIRES",
     "MAX_REDIRECTS",
+    "REREGISTER_EVENTS",
+    "REREGISTER_REASONS",
     "AuthenticationError",
     "ClientError",
     "ClientHandler",
@@ -95,17 +110,21 @@ __all__ = [
     "RegistrationError",
     "RegistrationResult",
     "SrvRecord",
+    "SubscriptionState",
     "TooManyRedirectsError",
     "UntrustedServerError",
     "add_cli",
     "backoff_delay",
     "build_register",
+    "build_subscribe",
     "client_endpoint",
     "granted_expires",
     "main",
+    "own_contacts",
     "parse_dns_address",
     "parse_redirect",
     "parse_retry_after",
+    "parse_subscription_state",
     "percentile",
     "pick_challenge",
     "redirect_maddr",
@@ -131,6 +150,27 @@ DEFAULT_TLS_PORT = 5061
 KEEPALIVE_INTERVAL = 120.0
 """Seconds between CRLF keep-alives when the registrar sends no ``Flow-Timer``
 (RFC 5626 §4.4.1 recommends 95-120 s for connection-oriented transports)."""
+
+DEFAULT_SUBSCRIBE_EXPIRES = 600
+"""Duration asked for the ``reg`` event subscription, in seconds (RFC 6665 §4.1.2.1; the FE
+grants 60..7200 s, ``registrar/regevent.py``)."""
+
+REG_EVENT = "reg"
+"""The event package the client subscribes to (RFC 3680 §4.1)."""
+
+SUBSCRIBE_PERMANENT_FAILURES = frozenset({400, 403, 404, 405, 406, 415, 416, 420, 489, 501, 603})
+"""Answers to SUBSCRIBE after which the client does not subscribe again on that flow (the FE
+cannot or will not serve the ``reg`` package to us); other failures are retried with backoff."""
+
+REREGISTER_EVENTS = frozenset({"deactivated", "probation"})
+"""Contact events (RFC 3680 §5.2) that make the client register again when they end one of its
+own contacts: ``deactivated`` at once, from DNS; ``probation`` after the contact's
+``retry-after``. ``expired``, ``unregistered`` and ``rejected`` are only reported."""
+
+REREGISTER_REASONS: tuple[str, ...] = ("deactivated", "flow-lost", "refresh")
+"""Why a registration had to be made again (:attr:`PoolClient.reregistrations` keys, always
+listed by ``client load``): a reg event NOTIFY deactivated our contact; the connection closed;
+a refresh failed or was redirected to another FE. ``probation`` may appear too."""
 
 SUPPORTED_ALGORITHMS = frozenset({"MD5", "SHA-256", "MD5-SESS", "SHA-256-SESS"})
 """Digest algorithms this client answers (RFC 7616 §3.4, RFC 8760)."""
@@ -473,6 +513,147 @@ def granted_expires(
     return None
 
 
+def build_subscribe(
+    *,
+    aor: SipUri,
+    via: str,
+    contact: str,
+    call_id: str,
+    cseq: int,
+    from_tag: str,
+    expires: int,
+    authorization: str | None = None,
+    proxy: bool = False,
+    user_agent: str = USER_AGENT,
+) -> Request:
+    """Build the initial SUBSCRIBE to the ``reg`` event package of our own AOR (RFC 3680 §4,
+    RFC 6665 §4.1.2.1).
+
+    Request-URI, To and From: the AOR (``sip:alice@contoso.com``; From with ``from_tag``, To
+    without a tag); ``Contact: <contact>`` (the registration's Contact URI, so the FE notifies
+    over the registration's flow); ``Event: reg``; ``Accept: application/reginfo+xml``;
+    ``Expires``.
+
+    Args:
+        aor: the address-of-record; via: the top Via (:meth:`SipEndpoint.via_for`);
+        contact: our Contact URI (``sip:alice@10.0.0.5:40000;transport=tls;ob``);
+        call_id, cseq, from_tag: of the subscription (its own Call-ID, not the
+        registration's); expires: seconds (0 fetches the state once, RFC 6665 §4.4.3);
+        authorization: an ``Authorization`` value (``Proxy-Authorization`` with ``proxy``).
+    """
+    aor_text = f"sip:{aor.user}@{aor.host}"
+    req = Request("SUBSCRIBE", aor_text)
+    req.add("Via", via)
+    req.add("Max-Forwards", "70")
+    req.add("From", f"<{aor_text}>;tag={from_tag}")
+    req.add("To", f"<{aor_text}>")
+    req.add("Call-ID", call_id)
+    req.add("CSeq", f"{cseq} SUBSCRIBE")
+    req.add("Contact", f"<{contact}>")
+    req.add("Event", REG_EVENT)
+    req.add("Accept", REGINFO_TYPE)
+    req.add("Expires", str(expires))
+    if authorization is not None:
+        req.add("Proxy-Authorization" if proxy else "Authorization", authorization)
+    req.add("User-Agent", user_agent)
+    req.add("Content-Length", "0")
+    return req
+
+
+class SubscriptionState(NamedTuple):
+    """A ``Subscription-State`` header (RFC 6665 §8.2.3).
+
+    Attributes:
+        state: ``"active"``, ``"pending"``, ``"terminated"`` (lower case; another token as
+            is; ``""`` when the header is absent).
+        reason: the ``reason`` parameter in lower case (``"deactivated"``, ``"timeout"`` ...),
+            or ``None``; expires, retry_after: those parameters in seconds, or ``None``.
+    """
+
+    state: str
+    reason: str | None = None
+    expires: int | None = None
+    retry_after: int | None = None
+
+
+def parse_subscription_state(value: str | None) -> SubscriptionState:
+    """Parse a ``Subscription-State`` value, e.g. ``terminated;reason=deactivated``;
+    lenient: unknown or malformed parameters are ignored (``None``)."""
+    if value is None:
+        return SubscriptionState("")
+    head, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    for part in rest.split(";"):
+        key, _, val = part.partition("=")
+        key = key.strip().lower()
+        if key:
+            params[key] = val.strip().strip('"')
+
+    def number(name: str) -> int | None:
+        text = params.get(name)
+        return int(text) if text is not None and text.isdigit() else None
+
+    reason = params.get("reason")
+    return SubscriptionState(
+        head.strip().lower(),
+        reason.lower() if reason else None,
+        number("expires"),
+        number("retry-after"),
+    )
+
+
+def _instance_key(value: str | None) -> str | None:
+    """``+sip.instance`` in comparable form: no quotes, no angle brackets, lower case."""
+    if not value:
+        return None
+    return value.strip().strip('"').strip().strip("<>").strip().lower() or None
+
+
+def _uri_key(value: str) -> str:
+    """A contact URI in comparable form: no angle brackets, no parameters, lower case."""
+    return value.strip().strip("<>").split(";", 1)[0].strip().lower()
+
+
+def _aor_key(value: str) -> str:
+    """An AOR in comparable form (``sip:user@host``, lower case, no port or parameters)."""
+    text = value.strip().strip("<>").split(";", 1)[0].lower()
+    scheme, colon, rest = text.partition(":")
+    if not colon:
+        return text
+    user, at, host = rest.rpartition("@")
+    host = host.split(":", 1)[0] if not host.startswith("[") else host
+    return f"sip:{user}{at}{host}" if scheme in ("sip", "sips") else text
+
+
+def own_contacts(
+    info: RegInfo, aor: str, instance_id: str, contact_uri: str | None = None
+) -> list[ContactInfo]:
+    """This client's contacts in a reginfo document (RFC 3680 §5.3).
+
+    A contact is ours when it is listed under a ``<registration>`` of ``aor`` (compared as
+    ``sip:user@host`` in lower case) and carries our ``+sip.instance`` (with ``reg-id`` 1 or
+    none, RFC 5626 §4.2) or our contact URI (``contact_uri``, compared without parameters).
+    Other UAs of the same user are never ours.
+
+    Args:
+        info: the parsed NOTIFY body (:func:`sipstack.reginfo.parse_reginfo`).
+        aor: our AOR; instance_id: our ``urn:uuid:...``; contact_uri: our Contact URI.
+    """
+    want_aor = _aor_key(aor)
+    want_instance = _instance_key(instance_id)
+    want_uri = _uri_key(contact_uri) if contact_uri else None
+    out: list[ContactInfo] = []
+    for registration in info.registrations:
+        if _aor_key(registration.aor) != want_aor:
+            continue
+        for contact in registration.contacts:
+            instance = _instance_key(contact.instance)
+            by_instance = instance == want_instance and contact.reg_id in (None, 1)
+            if by_instance or (want_uri is not None and _uri_key(contact.uri) == want_uri):
+                out.append(contact)
+    return out
+
+
 def parse_retry_after(response: Response) -> int | None:
     """``Retry-After`` in seconds (RFC 3261 §20.33: ``delta-seconds [comment] *(;param)``), or
     ``None`` when absent or malformed."""
@@ -726,9 +907,11 @@ class ClientHandler:
     """The request handler of a client endpoint (:func:`client_endpoint`).
 
     Requests from registrars arrive on the flows our clients opened: ``NOTIFY`` goes to the
-    :class:`PoolClient` that owns the flow and is answered ``200`` (``481`` on an unknown flow);
-    ``OPTIONS`` gets ``200``; ``ACK`` nothing; anything else ``405`` with ``Allow``. It also
-    tells each client when its flow closes (an endpoint ``on_flow_closed_hooks`` entry).
+    :class:`PoolClient` that owns the flow, which answers it (``200`` for its reg event
+    subscription, ``481`` for a subscription it does not have, RFC 6665 §4.1.3; ``481`` too on
+    an unknown flow); ``OPTIONS`` gets ``200``; ``ACK`` nothing; anything else ``405`` with
+    ``Allow``. It also tells each client when its flow closes (an endpoint
+    ``on_flow_closed_hooks`` entry).
     """
 
     ALLOW = "NOTIFY, OPTIONS"
@@ -754,8 +937,11 @@ class ClientHandler:
             client = self._clients.get(flow.id)
             if client is None:
                 return make_response(request, 481, to_tag=tag)
-            client._on_notify(request, flow)
-            return make_response(request, 200, to_tag=tag)
+            status = client._on_notify(request, flow)
+            resp = make_response(request, status, to_tag=tag)
+            if status == 489:
+                resp.headers.insert(-1, ("allow-events", "Allow-Events", REG_EVENT))
+            return resp
         if method == "OPTIONS":
             resp = make_response(request, 200, to_tag=tag)
         else:
@@ -833,6 +1019,54 @@ class _Outcome:
     contact: str = ""
 
 
+@dataclass(eq=False, slots=True)
+class _RegSub:
+    """Our subscription to the ``reg`` event package of our AOR (RFC 6665 subscriber side).
+
+    Attributes:
+        flow: the registration's flow it lives on (it dies with it).
+        call_id, from_tag: its identity until the dialog exists (a NOTIFY may arrive before
+            the ``200``, RFC 6665 §4.1.2.4); cseq: CSeq of the last initial SUBSCRIBE.
+        contact: our Contact URI (the registration's).
+        fe_fqdn: the FE it was made with.
+        dialog: the subscription dialog once the ``2xx`` came (RFC 3261 §12.1.2).
+        expires: the duration granted by the last ``2xx``.
+        version: the last reginfo ``version`` accepted (RFC 3680 §5.3: older ones are stale).
+        terminated: the reason once a NOTIFY ended it (``Subscription-State: terminated``).
+    """
+
+    flow: Flow
+    call_id: str
+    from_tag: str
+    contact: str
+    fe_fqdn: str
+    cseq: int = 0
+    dialog: Dialog | None = None
+    expires: int = 0
+    version: int | None = None
+    terminated: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(Call-ID, our tag)``: what a NOTIFY of this subscription carries (its To tag)."""
+        return (self.call_id, self.from_tag)
+
+
+@dataclass(frozen=True, slots=True)
+class _Deactivation:
+    """A reg event NOTIFY ended our contact with a re-register event (RFC 3680 §5.2).
+
+    Attributes:
+        flow_id: the registration's flow (the FE closes it next: that close is expected).
+        cause: ``"deactivated"`` or ``"probation"``; delay: seconds to wait before
+            registering again.
+    """
+
+    flow_id: int
+    cause: str
+    delay: float
+
+
 class PoolClient:
     """One AOR registered through a DNS-load-balanced pool (see the module docstring).
 
@@ -848,8 +1082,11 @@ class PoolClient:
             one connection per client); default: the client makes and owns one.
         on_event: ``on_event(name, info)`` progress hook (exceptions in it are logged and
             ignored). Names: ``dns``, ``untrusted``, ``connect-failed``, ``connected``,
-            ``challenged``, ``redirected``, ``retry-after``, ``registered``, ``refreshed``,
-            ``keepalive``, ``flow-lost``, ``failed``, ``notify``, ``unregistered``.
+            ``challenged``, ``redirected``, ``retry-after``, ``registered`` (``info["reason"]``:
+            ``initial`` or why it was made again, :data:`REREGISTER_REASONS`), ``refreshed``
+            (``info["moved"]``: a redirect took it to another FE), ``keepalive``,
+            ``flow-lost``, ``failed``, ``notify``, ``subscribed``, ``subscribe-failed``,
+            ``deactivated``, ``probation``, ``unsubscribed``, ``unregistered``.
         resolver: a shared :class:`PoolResolver`.
         srv_names: SRV prefixes to try (default :data:`DEFAULT_SRV_NAMES`).
         max_redirects: redirects followed per registration (default 10).
@@ -863,6 +1100,10 @@ class PoolClient:
             raises the last error (``None``: never).
         instance_id: ``urn:uuid:...`` of this UA instance (RFC 5626 §4.1; default: a new one).
         rng: randomness source (tests pass a seeded or scripted one).
+        subscribe: after every registration, subscribe to the ``reg`` event package of the
+            AOR over the registration's flow and register again when a NOTIFY deactivates
+            our contact (module docstring, step 6).
+        subscribe_expires: the subscription duration to ask for, in seconds.
 
     Raises:
         ValueError: a malformed AOR or DNS address, or an endpoint not made by
@@ -894,6 +1135,8 @@ class PoolClient:
         max_failures: int | None = None,
         instance_id: str | None = None,
         rng: random.Random | None = None,
+        subscribe: bool = False,
+        subscribe_expires: int = DEFAULT_SUBSCRIBE_EXPIRES,
     ) -> None:
         self.uri = _parse_aor(aor)
         self.aor = f"sip:{self.uri.user}@{self.uri.host}"
@@ -941,11 +1184,29 @@ class PoolClient:
         self._flow_lost = False
         self._result: RegistrationResult | None = None
         self._registered_mono = 0.0
+        self._refresh_at = 0.0
+        self._refresh_now = False
+        if subscribe_expires < 0:
+            raise ValueError("subscribe_expires must be >= 0 seconds")
+        self.subscribe = subscribe
+        self.subscribe_expires = subscribe_expires
+        self._sub: _RegSub | None = None
+        self._sub_next: float | None = None  # monotonic time of the next SUBSCRIBE
+        self._sub_failures = 0
+        self._sub_disabled: int | None = None  # flow id on which subscribing is pointless
+        self._ended_subs: deque[tuple[str, str]] = deque(maxlen=8)
+        self._deactivation: _Deactivation | None = None
+        self._unregistering = False
         self.notifications: deque[Request] = deque(maxlen=32)
         """The last NOTIFY requests received (reg event, RFC 3680), newest last."""
         self.stats: Counter[str] = Counter()
         """Counts: ``registrations``, ``refreshes``, ``flow_losses``, ``failures``,
-        ``redirects``, ``challenges``."""
+        ``redirects``, ``challenges``, ``subscriptions``, ``subscribe_failures``,
+        ``notifies``, ``deactivations``."""
+        self.reregistrations: Counter[str] = Counter()
+        """Registrations made again, by reason (:data:`REREGISTER_REASONS`): a fresh
+        registration after a deactivation or a lost flow, or a refresh that failed or moved
+        to another FE."""
 
     # ------------------------------------------------------------------ properties
     @property
@@ -960,11 +1221,28 @@ class PoolClient:
 
     @property
     def registered(self) -> bool:
-        """True while the registration's flow is open and its expiry has not passed."""
+        """True while the registration's flow is open, its expiry has not passed and no reg
+        event NOTIFY deactivated it."""
         flow, result = self._flow, self._result
         if flow is None or flow.closed or result is None:
             return False
+        deactivation = self._deactivation
+        if deactivation is not None and deactivation.flow_id == flow.id:
+            return False
         return time.monotonic() < self._registered_mono + result.expires
+
+    @property
+    def subscribed(self) -> bool:
+        """True while a ``reg`` event subscription is established on the registration's
+        flow (its ``2xx`` came and no NOTIFY ended it)."""
+        sub, flow = self._sub, self._flow
+        return (
+            sub is not None
+            and sub.dialog is not None
+            and sub.terminated is None
+            and sub.flow is flow
+            and not sub.flow.closed
+        )
 
     # --------------------------------------------------------------------- events
     def _emit(self, name: str, **info: Any) -> None:
@@ -978,22 +1256,158 @@ class PoolClient:
         except Exception:
             log.exception("on_event callback failed for %s", name)
 
+    def _wake(self) -> None:
+        """Wake :meth:`run` (it re-reads the state)."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+
     def _on_flow_closed(self, flow: Flow) -> None:
         if flow.id in self._closing:
             self._closing.discard(flow.id)
             return
         if flow is self._flow:
+            deactivation = self._deactivation
+            if deactivation is not None and deactivation.flow_id == flow.id:
+                # Expected: a re-homing FE closes the flow after the deactivating NOTIFY
+                # (DESIGN.md §4). The re-registration is already due; not a second reason.
+                self._wake()
+                return
             self._flow_lost = True
             self.stats["flow_losses"] += 1
             self._emit("flow-lost", fe_ip=flow.remote[0], fe_port=flow.remote[1])
-            if self._wakeup is not None:
-                self._wakeup.set()
+            self._wake()
 
-    def _on_notify(self, request: Request, flow: Flow) -> None:
-        """A NOTIFY on one of our flows (reg event package, RFC 3680). Kept in
-        :attr:`notifications`; acting on ``event="deactivated"`` is left to a later change."""
+    def _on_notify(self, request: Request, flow: Flow) -> int:
+        """A NOTIFY on one of our flows; returns the status to answer (RFC 6665 §4.1.3).
+
+        Every NOTIFY is kept in :attr:`notifications`. One of our ``reg`` subscription
+        (Call-ID and To tag = our tag) gets ``200``: its ``application/reginfo+xml`` body is
+        read (stale versions ignored, a gap in versions asks for the full state again), our
+        own contacts ended with a :data:`REREGISTER_EVENTS` event make the registration due
+        again, and ``Subscription-State: terminated`` ends the subscription (re-subscribed
+        at once after ``deactivated``/``timeout``, after ``retry-after`` for
+        ``probation``/``giveup``, not on this flow otherwise). The final NOTIFY of a
+        subscription we ended gets ``200``; any other NOTIFY ``481``.
+        """
         self.notifications.append(request)
-        self._emit("notify", event=request.get("event"), fe_ip=flow.remote[0])
+        try:
+            key = (request.call_id, request.to.tag or "")
+        except SipParseError:
+            return 400
+        sub = self._sub
+        if sub is None or sub.key != key or sub.flow is not flow:
+            known = key in self._ended_subs
+            self._emit(
+                "notify",
+                event=request.get("event"),
+                fe_ip=flow.remote[0],
+                matched=False,
+                subscription_state=request.get("subscription-state"),
+            )
+            return 200 if known else 481
+        package = (request.get("event") or "").split(";", 1)[0].strip().lower()
+        if package != REG_EVENT:
+            return 489
+        dialog = sub.dialog
+        if dialog is not None:
+            try:
+                if not dialog.receive_request(request):
+                    return 500  # CSeq out of order (RFC 3261 §12.2.2)
+            except SipParseError:
+                return 400
+            with contextlib.suppress(DialogError, SipParseError):
+                dialog.update_remote_target(request)
+        state = parse_subscription_state(request.get("subscription-state"))
+        self.stats["notifies"] += 1
+        info, error = self._reginfo_of(request)
+        fresh = info is not None
+        if info is not None:
+            last = sub.version
+            if last is not None and info.version <= last:
+                fresh = False  # an old or repeated document (RFC 3680 §5.3 version)
+            else:
+                if info.state == "partial" and (last is None or info.version != last + 1):
+                    self._sub_next = time.monotonic()  # lost one: refresh for a full state
+                    self._wake()
+                sub.version = info.version
+        own: list[ContactInfo] = []
+        if fresh and info is not None:
+            own = own_contacts(info, self.aor, self.instance_id, sub.contact)
+        self._emit(
+            "notify",
+            event=request.get("event"),
+            fe_ip=flow.remote[0],
+            matched=True,
+            subscription_state=state.state,
+            reason=state.reason,
+            version=info.version if info is not None else None,
+            document=info.state if info is not None else None,
+            contacts=[{"uri": c.uri, "state": c.state, "event": c.event} for c in own],
+            error=error,
+        )
+        for contact in own:
+            if contact.state == "terminated" and contact.event in REREGISTER_EVENTS:
+                self._deactivate(flow, contact)
+                break
+        if state.state == "terminated":
+            sub.terminated = state.reason or "noresource"
+            self._retire_sub(polite=True)
+            self._resubscribe_after(flow, state)
+        return 200
+
+    @staticmethod
+    def _reginfo_of(request: Request) -> tuple[RegInfo | None, str | None]:
+        """The reginfo document of a NOTIFY, or ``(None, reason)`` when it has none or it
+        does not parse."""
+        if not request.body:
+            return None, None
+        ctype = (request.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if ctype != REGINFO_TYPE:
+            return None, f"unexpected Content-Type {ctype or '(none)'}"
+        try:
+            return parse_reginfo(request.body), None
+        except SipParseError as exc:
+            return None, exc.reason
+
+    def _deactivate(self, flow: Flow, contact: ContactInfo) -> None:
+        """Our contact was ended with ``deactivated`` or ``probation`` (RFC 3680 §5.2): the
+        registration is due again -- :meth:`run` does it, from DNS."""
+        if flow is not self._flow or self._unregistering or self._deactivation is not None:
+            return
+        cause = contact.event
+        if cause == "deactivated":
+            delay = self.rng.uniform(0.0, 0.5 * self.retry_base)  # spread a re-homed batch
+        else:
+            delay = float(contact.retry_after if contact.retry_after is not None else 0)
+            delay = max(delay, self.retry_base)
+        self._deactivation = _Deactivation(flow.id, cause, delay)
+        self.stats["deactivations"] += 1
+        result = self._result
+        self._emit(
+            cause,
+            fe_fqdn=result.fe_fqdn if result is not None else None,
+            fe_ip=flow.remote[0],
+            fe_port=flow.remote[1],
+            contact=contact.uri,
+            retry_after=contact.retry_after,
+        )
+        self._wake()
+
+    def _resubscribe_after(self, flow: Flow, state: SubscriptionState) -> None:
+        """A NOTIFY ended our subscription: when to subscribe again (RFC 6665 §4.1.3)."""
+        if flow is not self._flow or self._unregistering:
+            return
+        reason = state.reason
+        if reason in (None, "deactivated", "timeout"):
+            delay = 0.0
+        elif reason in ("probation", "giveup"):
+            delay = float(state.retry_after if state.retry_after is not None else 30)
+        else:  # rejected, noresource, invariant, unknown: not again on this flow
+            self._sub_disabled = flow.id
+            self._sub_next = None
+            return
+        self._sub_next = time.monotonic() + delay
+        self._wake()
 
     # ----------------------------------------------------------------- connections
     async def _open_flow(self, ip: str, port: int, server_name: str) -> Flow:
@@ -1096,29 +1510,37 @@ class PoolClient:
             self._flow = None
         if self._auth is not None and self._auth.flow_id == flow.id:
             self._auth = None
+        if self._sub is not None and self._sub.flow is flow:
+            self._sub = None  # it died with the flow
+            self._sub_next = None
 
     # ---------------------------------------------------------------- transactions
     def _next_cseq(self) -> int:
         self._cseq = self._cseq + 1 if self._cseq < 2**31 - 1 else 1
         return self._cseq
 
-    def _request_for(self, flow: Flow, expires: int) -> tuple[Request, str]:
-        authorization = None
+    def _authorization(self, flow: Flow, method: str, uri: str) -> tuple[str, bool] | None:
+        """``(credentials, proxy)`` answering the challenge we hold for ``flow`` (the next
+        ``nc`` of its nonce, RFC 7616 §3.4), or ``None`` when we hold none for it. REGISTER and
+        SUBSCRIBE share it; the client's lock keeps their ``nc`` in sending order."""
         auth = self._auth
-        proxy = False
-        if auth is not None and auth.flow_id == flow.id:
-            auth.nc += 1
-            proxy = auth.proxy
-            credentials: Credentials = answer_challenge(
-                auth.challenge,
-                username=self.username,
-                password=self.password,
-                method="REGISTER",
-                uri=f"sip:{self.domain}",
-                cnonce=uuid.uuid4().hex[:16],
-                nc=auth.nc,
-            )
-            authorization = format_credentials(credentials)
+        if auth is None or auth.flow_id != flow.id:
+            return None
+        auth.nc += 1
+        credentials: Credentials = answer_challenge(
+            auth.challenge,
+            username=self.username,
+            password=self.password,
+            method=method,
+            uri=uri,
+            cnonce=uuid.uuid4().hex[:16],
+            nc=auth.nc,
+        )
+        return format_credentials(credentials), auth.proxy
+
+    def _request_for(self, flow: Flow, expires: int) -> tuple[Request, str]:
+        answer = self._authorization(flow, "REGISTER", f"sip:{self.domain}")
+        authorization, proxy = answer if answer is not None else (None, False)
         host, port = flow.local
         contact = f"sip:{self.uri.user}@{_format_host(host)}:{port};transport=tls;ob"
         req = build_register(
@@ -1290,10 +1712,15 @@ class PoolClient:
     def _adopt(self, outcome: _Outcome, result: RegistrationResult) -> None:
         if self._flow is not None and self._flow is not outcome.flow:
             self._close_flow(self._flow)
+        if self._sub is not None and self._sub.flow is not outcome.flow:
+            self._retire_sub(polite=False)
         self._flow = outcome.flow
         self._flow_lost = False
+        self._deactivation = None
+        self._refresh_now = False
         self._result = result
         self._registered_mono = time.monotonic()
+        self._refresh_at = self._registered_mono + refresh_delay(result.expires, self.rng)
 
     # --------------------------------------------------------------------- the API
     async def register(self) -> RegistrationResult:
@@ -1309,10 +1736,15 @@ class PoolClient:
             AuthenticationError, TooManyRedirectsError, RegistrationError (all
             :class:`ClientError`).
         """
-        async with self._lock:
-            return await self._register_fresh()
+        return await self._register(None)
 
-    async def _register_fresh(self) -> RegistrationResult:
+    async def _register(self, cause: str | None) -> RegistrationResult:
+        """:meth:`register` under the lock; ``cause`` says why it is made again (``None``:
+        the first registration)."""
+        async with self._lock:
+            return await self._register_fresh(cause)
+
+    async def _register_fresh(self, cause: str | None = None) -> RegistrationResult:
         started = time.monotonic()
         self._close_flow(self._flow)
         self._result = None
@@ -1326,7 +1758,12 @@ class PoolClient:
             raise
         self._adopt(outcome, result)
         self.stats["registrations"] += 1
-        self._emit("registered", **result.to_json())
+        if cause is not None:
+            self.reregistrations[cause] += 1
+        self._emit("registered", **result.to_json(), reason=cause or "initial")
+        if self.subscribe:
+            self._sub_failures = 0
+            await self._subscribe_locked()
         return result
 
     async def refresh(self) -> RegistrationResult:
@@ -1348,8 +1785,14 @@ class PoolClient:
                 self._emit("failed", error=str(exc), kind=type(exc).__name__, refresh=True)
                 raise
             self._adopt(outcome, result)
+            moved = outcome.flow is not flow
             self.stats["refreshes"] += 1
-            self._emit("refreshed", **result.to_json())
+            if moved:
+                self.reregistrations["refresh"] += 1
+            self._emit("refreshed", **result.to_json(), moved=moved)
+            if moved and self.subscribe:  # the old subscription died with the old flow
+                self._sub_failures = 0
+                await self._subscribe_locked()
             return result
 
     async def unregister(self) -> bool:
@@ -1361,14 +1804,18 @@ class PoolClient:
             flow = self._flow
             if flow is None or flow.closed:
                 self._result = None
+                self._retire_sub(polite=True)
                 return False
             server_name = self._result.fe_fqdn if self._result else self.domain
+            self._unregistering = True
             try:
+                await self._unsubscribe_locked()
                 await self._transact(flow, server_name, 0, follow=False)
             except ClientError as exc:
                 self._emit("failed", error=str(exc), kind=type(exc).__name__, unregister=True)
                 return False
             finally:
+                self._unregistering = False
                 self._result = None
                 self._close_flow(flow)
             self._emit("unregistered", fe_fqdn=server_name)
@@ -1376,6 +1823,7 @@ class PoolClient:
 
     async def close(self) -> None:
         """Close our flow (without unregistering) and the endpoint if we made it."""
+        self._retire_sub(polite=False)
         self._close_flow(self._flow)
         self._result = None
         if self._wakeup is not None:
@@ -1400,8 +1848,14 @@ class PoolClient:
     async def run(self, stop_event: asyncio.Event) -> None:
         """Keep the AOR registered until ``stop_event`` is set: register (unless already
         registered), refresh at 70-80 % of the granted expiry, send CRLF keep-alives
-        (RFC 5626 §4.4.1; interval from ``Flow-Timer``, else ~120 s), and when the flow drops
-        or a registration fails, register again from DNS after :func:`backoff_delay`.
+        (RFC 5626 §4.4.1; interval from ``Flow-Timer``, else ~120 s), keep the ``reg`` event
+        subscription refreshed (``subscribe``), and register again from DNS -- one
+        registration at a time -- when:
+
+        * a NOTIFY deactivates our contact (after 0 to 0.5 ``retry_base`` s of jitter; the
+          flow close the FE sends next is expected and not reported as ``flow-lost``);
+        * the flow drops or a registration fails (after :func:`backoff_delay`);
+        * a refresh fails (at once).
 
         It does not unregister when stopped: call :meth:`unregister` (or :meth:`close`).
 
@@ -1417,12 +1871,14 @@ class PoolClient:
 
         watcher = asyncio.create_task(watch_stop())
         failures = 0
+        cause: str | None = None  # why the next registration is made again
         try:
             while not stop_event.is_set():
                 if not self.registered:
                     try:
-                        await self.register()
+                        await self._register(cause)
                         failures = 0
+                        cause = None
                     except ClientError as exc:
                         failures += 1
                         if not exc.retryable or (
@@ -1437,17 +1893,29 @@ class PoolClient:
                 reason = await self._hold(wakeup, stop_event)
                 if reason == "stop":
                     break
+                if reason == "deactivated":
+                    deactivation = self._deactivation
+                    assert deactivation is not None
+                    cause = deactivation.cause
+                    await self._sleep(deactivation.delay, wakeup, stop_event)
+                    continue
                 if reason == "lost":
+                    cause = "flow-lost"
                     delay = backoff_delay(0, self.rng, self.retry_base, self.retry_cap)
                     await self._sleep(delay, wakeup, stop_event)
+                    continue
+                if reason == "subscribe":
+                    async with self._lock:
+                        await self._subscribe_locked()
                     continue
                 try:
                     await self.refresh()
                 except ClientError as exc:
                     if not exc.retryable:
                         raise
+                    cause = "refresh"
                 except RuntimeError:
-                    pass  # the flow went away meanwhile: register again
+                    cause = "flow-lost"  # the flow went away meanwhile: register again
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1464,31 +1932,249 @@ class PoolClient:
             await asyncio.wait_for(wakeup.wait(), seconds)
 
     async def _hold(self, wakeup: asyncio.Event, stop_event: asyncio.Event) -> str:
-        """Wait while registered; returns ``"stop"``, ``"lost"`` or ``"refresh"``. Sends
-        keep-alives meanwhile."""
-        result = self._result
-        assert result is not None
-        refresh_at = self._registered_mono + refresh_delay(result.expires, self.rng)
+        """Wait while registered; returns ``"stop"``, ``"deactivated"``, ``"lost"``,
+        ``"refresh"`` or ``"subscribe"`` (a SUBSCRIBE is due). Sends keep-alives meanwhile."""
         next_ping = time.monotonic() + self._keepalive_interval()
         while True:
+            # No await between these checks and the wait below: callbacks (NOTIFY, flow
+            # closed) run only while we wait, and they set ``wakeup`` after changing state.
+            wakeup.clear()
             if stop_event.is_set():
                 return "stop"
+            if self._deactivation is not None:
+                return "deactivated"
             flow = self._flow
-            if self._flow_lost or flow is None or flow.closed:
+            if self._flow_lost or flow is None or flow.closed or self._result is None:
                 return "lost"
             now = time.monotonic()
-            if now >= refresh_at:
+            if self._refresh_now or now >= self._refresh_at:
                 return "refresh"
+            sub_at = self._sub_next if self.subscribe else None
+            if sub_at is not None and now >= sub_at:
+                return "subscribe"
             if now >= next_ping:
                 flow.send(b"\r\n\r\n")  # RFC 5626 §4.4.1 CRLF ping; the FE answers CRLF
                 self._emit("keepalive", fe_ip=flow.remote[0])
                 next_ping = now + self._keepalive_interval()
                 continue
-            wakeup.clear()
-            if stop_event.is_set() or self._flow_lost:
-                continue
+            deadline = min(self._refresh_at, next_ping, sub_at if sub_at is not None else next_ping)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), min(refresh_at, next_ping) - now)
+                await asyncio.wait_for(wakeup.wait(), deadline - now)
+
+    # ------------------------------------------------------------------ reg event
+    def _retire_sub(self, *, polite: bool) -> None:
+        """Forget our subscription. ``polite``: we ended it (or the FE did), so a late NOTIFY
+        of it is still answered ``200``; otherwise such a NOTIFY gets ``481``, which ends it
+        at the FE (RFC 6665 §4.1.3)."""
+        sub = self._sub
+        if sub is None:
+            return
+        if polite:
+            self._ended_subs.append(sub.key)
+        self._sub = None
+        self._sub_next = None
+
+    async def _subscribe_locked(self) -> None:
+        """Subscribe to ``reg`` on the registration's flow, or refresh the subscription
+        (RFC 6665 §4.1.2). Call with the lock held. Never raises :class:`ClientError`:
+        failures are reported (``subscribe-failed``) and retried later, or not at all on this
+        flow when the FE cannot serve the package (``489``, ``403`` ...)."""
+        self._sub_next = None
+        flow, result = self._flow, self._result
+        if not self.subscribe or flow is None or flow.closed or result is None:
+            return
+        if self._unregistering or self._sub_disabled == flow.id:
+            return
+        for _ in range(2):  # a refresh answered 481 is followed by a new subscription
+            sub = self._sub
+            if sub is not None and (
+                sub.flow is not flow or sub.terminated is not None or sub.dialog is None
+            ):
+                self._retire_sub(polite=False)
+                sub = None
+            refresh = sub is not None
+            if sub is None:
+                sub = self._sub = _RegSub(
+                    flow,
+                    call_id=f"{uuid.uuid4().hex}@registrar-client",
+                    from_tag=uuid.uuid4().hex[:12],
+                    contact=result.contact,
+                    fe_fqdn=result.fe_fqdn,
+                )
+            try:
+                req, resp = await self._subscribe_transact(sub, self.subscribe_expires)
+            except ClientError as exc:
+                self._subscribe_failed(sub, str(exc), getattr(exc, "status", 0), exc.retryable)
+                return
+            if self._sub is not sub:
+                return  # a NOTIFY ended it meanwhile and scheduled what comes next
+            status = resp.status
+            if 200 <= status < 300:
+                self._subscribed(sub, req, resp, refresh)
+                return
+            if status == 481 and refresh:
+                self._retire_sub(polite=False)
+                continue
+            break
+        reason = f"{sub.fe_fqdn} answered SUBSCRIBE {status} {resp.reason}".rstrip()
+        if status in (301, 302):
+            # The FE says the AOR lives elsewhere now: refresh the registration at once (it
+            # follows the redirect); the new flow gets a new subscription.
+            self._refresh_now = True
+            self._wake()
+        retryable = status not in SUBSCRIBE_PERMANENT_FAILURES
+        self._subscribe_failed(sub, reason, status, retryable, parse_retry_after(resp))
+
+    def _subscribed(self, sub: _RegSub, req: Request, resp: Response, refresh: bool) -> None:
+        """A ``2xx`` to our SUBSCRIBE: the dialog, the granted duration, the next refresh."""
+        try:
+            if sub.dialog is None:
+                sub.dialog = Dialog.from_uac(req, resp)
+            else:
+                sub.dialog.receive_response(req, resp)
+        except (DialogError, SipParseError) as exc:
+            self._subscribe_failed(sub, f"bad SUBSCRIBE answer: {exc}", resp.status, True)
+            return
+        try:
+            granted = resp.expires
+        except SipParseError:
+            granted = None
+        if granted is None:
+            granted = self.subscribe_expires
+        sub.expires = granted
+        self._sub_failures = 0
+        self.stats["subscriptions"] += 1
+        self._sub_next = time.monotonic() + refresh_delay(granted, self.rng)
+        self._emit(
+            "subscribed",
+            fe_fqdn=sub.fe_fqdn,
+            fe_ip=sub.flow.remote[0],
+            expires=granted,
+            refresh=refresh,
+        )
+
+    def _subscribe_failed(
+        self,
+        sub: _RegSub,
+        error: str,
+        status: int,
+        retryable: bool,
+        retry_after: int | None = None,
+    ) -> None:
+        if self._sub is sub:
+            self._retire_sub(polite=False)
+        self.stats["subscribe_failures"] += 1
+        delay: float | None = None
+        if retryable:
+            self._sub_failures += 1
+            delay = backoff_delay(self._sub_failures - 1, self.rng, 2.0, 300.0)
+            if retry_after is not None:
+                delay = max(delay, float(retry_after))
+            self._sub_next = time.monotonic() + delay
+        else:
+            self._sub_disabled = sub.flow.id
+        self._emit(
+            "subscribe-failed",
+            fe_fqdn=sub.fe_fqdn,
+            error=error,
+            status=status,
+            retry_in=round(delay, 3) if delay is not None else None,
+        )
+
+    def _subscribe_request(self, sub: _RegSub, expires: int) -> Request:
+        """The next SUBSCRIBE of ``sub``: initial until the dialog exists, then in-dialog
+        (RFC 3261 §12.2.1.1), with credentials for our challenge on the flow."""
+        flow = sub.flow
+        dialog = sub.dialog
+        if dialog is None:
+            sub.cseq += 1
+            answer = self._authorization(flow, "SUBSCRIBE", self.aor)
+            authorization, proxy = answer if answer is not None else (None, False)
+            return build_subscribe(
+                aor=self.uri,
+                via=SipEndpoint.via_for(flow),
+                contact=sub.contact,
+                call_id=sub.call_id,
+                cseq=sub.cseq,
+                from_tag=sub.from_tag,
+                expires=expires,
+                authorization=authorization,
+                proxy=proxy,
+            )
+        req = dialog.create_request("SUBSCRIBE", contact=f"<{sub.contact}>")
+        req.remove("Content-Length")
+        req.add("Via", SipEndpoint.via_for(flow), first=True)
+        req.add("Event", REG_EVENT)
+        req.add("Accept", REGINFO_TYPE)
+        req.add("Expires", str(expires))
+        answer = self._authorization(flow, "SUBSCRIBE", req.uri)
+        if answer is not None:
+            req.add("Proxy-Authorization" if answer[1] else "Authorization", answer[0])
+        req.add("User-Agent", USER_AGENT)
+        req.set_body(b"")
+        return req
+
+    async def _subscribe_transact(self, sub: _RegSub, expires: int) -> tuple[Request, Response]:
+        """Send SUBSCRIBE until a final answer we do not act on: digest challenges are
+        answered as for REGISTER (same nonce on the same flow), ``423`` is retried once with
+        ``Min-Expires``. Returns the last request and its answer.
+
+        Raises:
+            FlowLostError: no answer, or the flow closed.
+            AuthenticationError: credentials rejected, or no usable challenge.
+        """
+        answered_fresh = False
+        rounds = 0
+        interval_retry = False
+        while True:
+            req = self._subscribe_request(sub, expires)
+            sent_auth = "authorization" in req or "proxy-authorization" in req
+            resp = await self._send(req, sub.flow)
+            status = resp.status
+            if status in (401, 407):
+                challenge = pick_challenge(resp)
+                rounds += 1
+                if (
+                    challenge is None
+                    or (answered_fresh and sent_auth and not challenge.stale)
+                    or rounds > 5
+                ):
+                    raise AuthenticationError(
+                        f"{sub.fe_fqdn} rejected the SUBSCRIBE credentials of {self.username} "
+                        f"({status} {resp.reason})",
+                        status,
+                    )
+                self._auth = _Auth(challenge, sub.flow.id, status == 407)
+                answered_fresh = True
+                self.stats["challenges"] += 1
+                self._emit(
+                    "challenged",
+                    algorithm=challenge.algorithm or "MD5",
+                    stale=challenge.stale,
+                    method="SUBSCRIBE",
+                )
+                continue
+            answered_fresh = False
+            if status == 423 and expires and not interval_retry:
+                minimum = (resp.get("min-expires") or "").strip()
+                if minimum.isdigit():
+                    interval_retry = True
+                    expires = max(expires, int(minimum))
+                    continue
+            return req, resp
+
+    async def _unsubscribe_locked(self) -> None:
+        """End our subscription (``Expires: 0``, RFC 6665 §4.1.2.3) before unregistering;
+        best effort, at most 5 s. Call with the lock held."""
+        sub = self._sub
+        self._retire_sub(polite=True)
+        if sub is None or sub.dialog is None or sub.terminated is not None or sub.flow.closed:
+            return
+        try:
+            await asyncio.wait_for(self._subscribe_transact(sub, 0), min(5.0, self.request_timeout))
+        except (ClientError, TimeoutError):
+            return
+        self._emit("unsubscribed", fe_fqdn=sub.fe_fqdn)
 
 
 # =============================================================================== CLI
@@ -1526,6 +2212,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help=f"registration expiry to ask for (default {DEFAULT_EXPIRES})",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--subscribe",
+        action="store_true",
+        help="subscribe to the reg event package of the AOR after registering (RFC 3680) and "
+        "register again from DNS when the FE deactivates the registration (re-homing)",
+    )
 
 
 def _add_password(p: argparse.ArgumentParser) -> None:
@@ -1542,9 +2234,11 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     Subcommands::
 
         client register AOR (--password P | --password-stdin) (--dns HOST:PORT --ca FILE |
-                        --topology FILE) [--trusted-domain D ...] [--expires S] [--once] [--json]
+                        --topology FILE) [--trusted-domain D ...] [--expires S] [--subscribe]
+                        [--once] [--json]
         client load --users N [--first 1] [--prefix user] [--domain contoso.com] [--digits 4]
-                    --password P ... [--concurrency 200] [--hold SECONDS] [--json]
+                    --password P ... [--concurrency 200] [--hold SECONDS] [--subscribe]
+                    [--report-interval SECONDS] [--json]
         client resolve DOMAIN (--dns HOST:PORT | --topology FILE) [--trusted-domain D] [--json]
 
     The handler is stored as ``args.func`` (``func(args) -> int``): 0 success, 1 a
@@ -1593,7 +2287,9 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description=(
             "Register PREFIX0001@DOMAIN ... concurrently, each over its own TLS connection, "
             "print progress every 10 %% and a report: successes, failures with reasons, "
-            "redirects, registrations per FE, latency percentiles. Exit 0 when all registered."
+            "redirects, registrations per FE, latency percentiles; with --hold, "
+            "re-registrations by reason and where the users are registered at the end. Exit 0 "
+            "when all registered."
         ),
     )
     load.add_argument("--users", type=int, required=True, metavar="N", help="how many users")
@@ -1619,6 +2315,14 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="SECONDS",
         help="keep them registered (refreshing) this long, then unregister; 0 = unregister "
         "right away (default); -1 = until Ctrl-C",
+    )
+    load.add_argument(
+        "--report-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print a one-line live summary to stderr this often (registered now, per FE, "
+        "re-registrations so far); 0 = never (default)",
     )
     load.set_defaults(func=_cmd_load)
 
@@ -1711,11 +2415,30 @@ def _print_event(name: str, info: dict[str, Any], as_json: bool) -> None:
         return
     if name in ("registered", "refreshed"):
         mode = f", mode {info['mode']}" if info.get("mode") else ""
+        why = info.get("reason")
+        after = f", after {why}" if why and why != "initial" else ""
         print(
             f"{name}: {info['aor']} on {info['fe_fqdn']} ({info['fe_ip']}:{info['fe_port']}), "
-            f"expires {info['expires']}s, {info['redirects']} redirect(s){mode}",
+            f"expires {info['expires']}s, {info['redirects']} redirect(s){mode}{after}",
             flush=True,
         )
+    elif name == "subscribed":
+        verb = "refreshed the subscription" if info.get("refresh") else "subscribed"
+        print(
+            f"{verb} to reg events of {info['aor']} on {info['fe_fqdn']}, "
+            f"expires {info['expires']}s",
+            flush=True,
+        )
+    elif name in ("deactivated", "probation"):
+        print(
+            f"{info['fe_fqdn']} ended the registration of {info['aor']} ({name}, reg event); "
+            "registering again from DNS",
+            flush=True,
+        )
+    elif name == "subscribe-failed":
+        retry = info.get("retry_in")
+        later = f"; again in {retry:.0f}s" if retry is not None else "; not on this connection"
+        print(f"subscribe-failed: {info['error']}{later}", file=sys.stderr, flush=True)
     elif name == "redirected":
         print(f"redirected by {info['source']} to {info['target']}:{info['port']}", flush=True)
     elif name == "flow-lost":
@@ -1749,6 +2472,7 @@ async def _register_main(args: argparse.Namespace, dns: str, ca: Path | None, pa
             args.expires,
             username=args.username,
             on_event=on_event,
+            subscribe=args.subscribe,
         )
     except (OSError, ssl.SSLError, ValueError) as exc:
         print(f"registrar client register: {exc}", file=sys.stderr)
@@ -1792,11 +2516,57 @@ def _cmd_load(args: argparse.Namespace) -> int:
             raise _UsageError("--first must be >= 0 and --digits >= 1")
         if args.hold < 0 and args.hold != -1:
             raise _UsageError("--hold must be >= 0, or -1 for until Ctrl-C")
+        if args.report_interval < 0:
+            raise _UsageError("--report-interval must be >= 0 seconds")
         _parse_aor(f"sip:{args.prefix}{args.first}@{args.domain}")
     except (_UsageError, ValueError) as exc:
         print(f"registrar client load: {exc}", file=sys.stderr)
         return 2
     return _run(_load_main(args, dns, ca, password))
+
+
+def _pool_state(clients: Iterable[PoolClient]) -> dict[str, Any]:
+    """Where the load clients are registered right now: ``registered`` (count), ``per_fe``
+    (FE FQDN → count) and ``backup_mode`` (count), plus ``subscribed`` (count)."""
+    per_fe: Counter[str] = Counter()
+    backup = 0
+    subscribed = 0
+    for client in clients:
+        result = client.result
+        if client.registered and result is not None:
+            per_fe[result.fe_fqdn] += 1
+            backup += result.backup
+            subscribed += client.subscribed
+    return {
+        "registered": sum(per_fe.values()),
+        "per_fe": dict(sorted(per_fe.items())),
+        "backup_mode": backup,
+        "subscribed": subscribed,
+    }
+
+
+def _reregistrations(clients: Iterable[PoolClient]) -> dict[str, int]:
+    """Re-registrations of all clients by reason; :data:`REREGISTER_REASONS` always listed."""
+    total: Counter[str] = Counter(dict.fromkeys(REREGISTER_REASONS, 0))
+    for client in clients:
+        total.update(client.reregistrations)
+    return dict(total)
+
+
+def _live_line(
+    state: dict[str, Any], again: dict[str, int], users: int, elapsed: float, subscribe: bool
+) -> str:
+    """The ``--report-interval`` line, e.g. ``live: 12.0s, registered 24/24, backup mode 0,
+    subscribed 24; per FE: fe1.contoso.com 8, fe2.contoso.com 16; re-registrations:
+    deactivated 5, flow-lost 0, refresh 0``."""
+    per_fe = ", ".join(f"{fe} {n}" for fe, n in state["per_fe"].items()) or "-"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in again.items())
+    subscribed = f", subscribed {state['subscribed']}" if subscribe else ""
+    return (
+        f"live: {elapsed:.1f}s, registered {state['registered']}/{users}, "
+        f"backup mode {state['backup_mode']}{subscribed}; per FE: {per_fe}; "
+        f"re-registrations: {reasons}"
+    )
 
 
 def _load_report(
@@ -1806,9 +2576,12 @@ def _load_report(
     elapsed: float,
     events: Counter[str],
     unregistered: int,
+    final: dict[str, Any] | None = None,
+    again: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     latencies = [r.latency * 1000 for r in results]
     redirect_hist = Counter(str(r.redirects) for r in results)
+    by_reason = again if again is not None else dict.fromkeys(REREGISTER_REASONS, 0)
     return {
         "users": args.users,
         "succeeded": len(results),
@@ -1826,12 +2599,18 @@ def _load_report(
         },
         "elapsed": round(elapsed, 3),
         "rate": round(len(results) / elapsed, 1) if elapsed > 0 else 0.0,
+        "subscribe": bool(getattr(args, "subscribe", False)),
         "hold": {
             "seconds": args.hold,
             "refreshes": events["refreshed"],
             "flow_losses": events["flow-lost"],
-            "reregistrations": max(0, events["registered"] - len(results)),
+            "deactivations": events["deactivated"] + events["probation"],
+            "reregistrations": sum(by_reason.values()),
+            "reregistrations_by_reason": by_reason,
         },
+        "final": final
+        if final is not None
+        else {"registered": 0, "per_fe": {}, "backup_mode": 0, "subscribed": 0},
         "unregistered": unregistered,
     }
 
@@ -1857,10 +2636,20 @@ def _print_load_report(report: dict[str, Any]) -> None:
     )
     hold = report["hold"]
     if hold["seconds"]:
+        by_reason = ", ".join(f"{k} {v}" for k, v in hold["reregistrations_by_reason"].items())
         print(
             f"hold: {hold['refreshes']} refreshes, {hold['flow_losses']} connections lost, "
-            f"{hold['reregistrations']} re-registrations"
+            f"{hold['deactivations']} deactivated by reg event, "
+            f"{hold['reregistrations']} re-registrations ({by_reason})"
         )
+        final = report["final"]
+        subscribed = f", {final['subscribed']} subscribed" if report["subscribe"] else ""
+        print(
+            f"registered at the end of the hold: {final['registered']}/{report['users']}, "
+            f"{final['backup_mode']} in backup mode{subscribed}"
+        )
+        for fe, count in final["per_fe"].items():
+            print(f"  {fe}: {count}")
     print(f"unregistered: {report['unregistered']}")
 
 
@@ -1894,6 +2683,7 @@ async def _load_main(args: argparse.Namespace, dns: str, ca: Path | None, passwo
             expires=args.expires,
             endpoint=endpoint,
             on_event=on_event,
+            subscribe=args.subscribe,
         )
         for n in range(args.first, args.first + args.users)
     ]
@@ -1928,6 +2718,19 @@ async def _load_main(args: argparse.Namespace, dns: str, ca: Path | None, passwo
             )
             next_mark = (percent // 10 + 1) * 10
 
+    async def live() -> None:
+        while True:
+            await asyncio.sleep(args.report_interval)
+            line = _live_line(
+                _pool_state(clients),
+                _reregistrations(clients),
+                total,
+                time.monotonic() - started,
+                args.subscribe,
+            )
+            print(line, file=sys.stderr, flush=True)
+
+    reporter = asyncio.create_task(live()) if args.report_interval > 0 else None
     try:
         await asyncio.gather(*(one(c) for c in clients))
         elapsed = time.monotonic() - started
@@ -1945,6 +2748,13 @@ async def _load_main(args: argparse.Namespace, dns: str, ca: Path | None, passwo
             for outcome in outcomes:
                 if isinstance(outcome, ClientError):
                     failures["during hold: " + _failure_reason(outcome)] += 1
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            reporter = None
+        final = _pool_state(clients)
+        again = _reregistrations(clients)
         unregistered = 0
 
         async def unreg(client: PoolClient) -> None:
@@ -1955,13 +2765,15 @@ async def _load_main(args: argparse.Namespace, dns: str, ca: Path | None, passwo
                         unregistered += 1
 
         await asyncio.gather(*(unreg(c) for c in registered))
-        report = _load_report(args, results, failures, elapsed, events, unregistered)
+        report = _load_report(args, results, failures, elapsed, events, unregistered, final, again)
         if args.json:
             print(json.dumps(report, indent=2))
         else:
             _print_load_report(report)
         return 0 if len(results) == total and not failures else 1
     finally:
+        if reporter is not None:
+            reporter.cancel()
         for client in clients:
             await client.close()
         await endpoint.close()

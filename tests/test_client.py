@@ -2,8 +2,13 @@
 
 Live tests run two FEs, ``fe1.contoso.com`` on 127.0.1.1 and ``fe2.contoso.com`` on 127.0.1.2,
 on the same TLS port, a tiny DNS server (dnslib) on 127.0.1.53 serving the pool's SRV and A
-records, and, for redirects, a fake registrar built on the project's own SipEndpoint. Every
-wait has a deadline (DESIGN.md §9); no assertion is about speed.
+records, and, for redirects, a fake registrar built on the project's own SipEndpoint.
+
+Re-homing tests (reg event ``deactivated``, DESIGN.md §4) run a real pool of three FEs from a
+topology (``registrar serve --topology FILE --fe FQDN``, :mod:`pooltools`) on ``127.0.44.x``,
+with its own DNS server (``registrar dns serve``): user 1's primary FE is taken down, clients
+register in backup mode, the primary comes back, and the backup FE's re-homing batch sends
+them home. Every wait has a deadline (DESIGN.md §9); no assertion is about speed.
 """
 
 from __future__ import annotations
@@ -14,24 +19,37 @@ import io
 import json
 import queue
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomlkit
 from dnslib import QTYPE, RCODE, RR, SRV, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from pooltools import (
+    DEMO_PASSWORD,
+    FeInfo,
+    LivePool,
+    PoolLayout,
+    PoolStartError,
+    aor_of,
+    write_topology,
+)
 from procs import REPO, FeProcess, free_port
 
 from registrar.admin import fetch_json, quote
 from registrar.client import (
+    REREGISTER_REASONS,
     AuthenticationError,
     PoolClient,
     RegistrationError,
@@ -39,13 +57,17 @@ from registrar.client import (
     SrvRecord,
     TooManyRedirectsError,
     UntrustedServerError,
+    _RegSub,
     backoff_delay,
     build_register,
+    build_subscribe,
     client_endpoint,
     granted_expires,
+    own_contacts,
     parse_dns_address,
     parse_redirect,
     parse_retry_after,
+    parse_subscription_state,
     percentile,
     pick_challenge,
     redirect_maddr,
@@ -56,6 +78,7 @@ from registrar.client import (
 from sipstack.auth import parse_credentials
 from sipstack.message import Request, Response, make_response
 from sipstack.parser import parse_message
+from sipstack.reginfo import ContactInfo, RegInfo, Registration, parse_reginfo
 from sipstack.transport.endpoint import EndpointConfig, SipEndpoint
 from sipstack.transport.flows import Flow, ListenSpec
 from sipstack.transport.tls import server_ssl_context
@@ -301,6 +324,197 @@ async def test_addresses_tried_in_random_order_until_one_works() -> None:
         assert len({t[0] for t in tried}) == 3, "every address should come first sometimes"
     finally:
         await client.close()
+
+
+def test_build_subscribe_round_trips() -> None:
+    """RFC 3680 §4 / RFC 6665 §4.1.2.1: our own AOR, Event reg, Accept reginfo, Expires."""
+    aor = SipUri("sip", "alice", None, "contoso.com")
+    req = build_subscribe(
+        aor=aor,
+        via="SIP/2.0/TLS 127.0.0.1:40000;branch=z9hG4bKsub;rport",
+        contact="sip:alice@127.0.0.1:40000;transport=tls;ob",
+        call_id="sub@x",
+        cseq=3,
+        from_tag="ft",
+        expires=600,
+        authorization='Digest username="alice"',
+    )
+    parsed = parse_message(req.encode())
+    assert isinstance(parsed, Request)
+    assert parsed.method == "SUBSCRIBE" and parsed.uri == "sip:alice@contoso.com"
+    assert parsed.to.uri == aor and parsed.to.tag is None
+    assert parsed.from_.uri == aor and parsed.from_.tag == "ft"
+    assert parsed.cseq.number == 3 and parsed.cseq.method == "SUBSCRIBE"
+    assert parsed.get("event") == "reg" and parsed.get("accept") == "application/reginfo+xml"
+    assert parsed.expires == 600 and parsed.call_id == "sub@x"
+    (contact,) = parsed.contacts
+    assert str(contact.uri) == "sip:alice@127.0.0.1:40000;transport=tls;ob"
+    assert parsed.get("authorization") == 'Digest username="alice"'
+
+
+def test_parse_subscription_state() -> None:
+    state = parse_subscription_state("terminated;reason=deactivated")
+    assert (state.state, state.reason, state.expires) == ("terminated", "deactivated", None)
+    state = parse_subscription_state("Active ; expires=595")
+    assert (state.state, state.reason, state.expires) == ("active", None, 595)
+    state = parse_subscription_state("terminated;reason=probation;retry-after=30")
+    assert (state.reason, state.retry_after) == ("probation", 30)
+    assert parse_subscription_state("active;expires=soon").expires is None
+    assert parse_subscription_state(None).state == ""
+
+
+INSTANCE = "urn:uuid:00000000-0000-0000-0000-0000000000aa"
+MY_CONTACT = "sip:alice@127.0.0.1:40000;transport=tls;ob"
+
+
+def _contact(
+    cid: str,
+    state: str,
+    event: str,
+    uri: str = MY_CONTACT,
+    instance: str | None = f"<{INSTANCE}>",
+    **extra: Any,
+) -> ContactInfo:
+    return ContactInfo(cid, state, event, uri, instance=instance, reg_id=1, **extra)  # type: ignore[arg-type]
+
+
+def _reginfo(version: int, state: str, *contacts: ContactInfo, aor: str = "") -> bytes:
+    registration = Registration(aor or "sip:alice@contoso.com", "r1", "active", list(contacts))
+    return RegInfo(version, state, [registration]).to_xml()  # type: ignore[arg-type]
+
+
+def test_own_contacts_by_instance_or_uri() -> None:
+    other_ua = _contact("2", "active", "registered", "sip:alice@10.0.0.9:5061", "<urn:uuid:zz>")
+    mine = _contact("1", "terminated", "deactivated")
+    info = parse_reginfo(_reginfo(3, "partial", other_ua, mine))
+    assert [c.id for c in own_contacts(info, "sip:Alice@Contoso.com", INSTANCE, MY_CONTACT)] == [
+        "1"
+    ]
+    # Without an instance, the contact URI decides (parameters and case ignored).
+    bare = _contact("3", "active", "created", MY_CONTACT.upper(), None)
+    info = parse_reginfo(_reginfo(4, "partial", bare))
+    assert [c.id for c in own_contacts(info, "sip:alice@contoso.com", INSTANCE, MY_CONTACT)] == [
+        "3"
+    ]
+    assert own_contacts(info, "sip:alice@contoso.com", INSTANCE, None) == []
+    # Another AOR's registration is never ours.
+    info = parse_reginfo(_reginfo(5, "partial", mine, aor="sip:bob@contoso.com"))
+    assert own_contacts(info, "sip:alice@contoso.com", INSTANCE, MY_CONTACT) == []
+
+
+async def test_deactivating_notify_makes_the_registration_due() -> None:
+    """A NOTIFY of our subscription that ends *our* contact with ``deactivated``: 200, a
+    ``deactivated`` event, no longer registered, and the flow close that follows is not a
+    ``flow-lost``. Other UAs' contacts, stale versions and unknown subscriptions do nothing."""
+    endpoint = client_endpoint(None)
+    events = Recorder()
+    client = PoolClient(
+        "sip:alice@contoso.com",
+        "x",
+        "127.0.0.1:9",
+        endpoint=endpoint,
+        on_event=events,
+        instance_id=INSTANCE,
+        subscribe=True,
+    )
+    flow = _flow()
+    endpoint.handler.attach(flow, client)
+    client._flow = flow
+    client._result = RegistrationResult(
+        client.aor, FE1, IP1, 0, 300, 0.01, fe_port=5061, contact=MY_CONTACT
+    )
+    client._registered_mono = time.monotonic()
+    client._sub = _RegSub(flow, "sub1", "ourtag", MY_CONTACT, FE1)
+    cseq = iter(range(1, 100))
+
+    def notify(body: bytes, state: str = "active;expires=590", call_id: str = "sub1") -> int:
+        req = Request("NOTIFY", MY_CONTACT)
+        for name, value in (
+            ("Via", "SIP/2.0/TLS 127.0.1.1:5061;branch=z9hG4bKn" + str(next(cseq))),
+            ("From", "<sip:alice@contoso.com>;tag=fe"),
+            ("To", "<sip:alice@contoso.com>;tag=ourtag"),
+            ("Call-ID", call_id),
+            ("CSeq", f"{next(cseq)} NOTIFY"),
+            ("Event", "reg"),
+            ("Subscription-State", state),
+        ):
+            req.add(name, value)
+        req.set_body(body, "application/reginfo+xml")
+        resp = endpoint.handler.handle_request(req, flow)
+        assert resp is not None
+        return resp.status
+
+    other_ua = "sip:alice@10.0.0.9:5061;transport=tls"
+    assert notify(_reginfo(0, "full", _contact("1", "active", "registered"))) == 200
+    assert client.registered
+    gone = _contact("2", "terminated", "deactivated", other_ua, "<urn:uuid:other>")
+    assert notify(_reginfo(1, "partial", gone)) == 200
+    assert client.registered and "deactivated" not in events.names()
+    assert notify(_reginfo(2, "partial", _contact("1", "terminated", "deactivated"))) == 200
+    assert not client.registered
+    (info,) = events.of("deactivated")
+    assert info["fe_fqdn"] == FE1 and info["contact"] == MY_CONTACT
+    notifies = events.of("notify")
+    assert notifies[-1]["contacts"] == [
+        {"uri": MY_CONTACT, "state": "terminated", "event": "deactivated"}
+    ]
+    assert notifies[0]["document"] == "full" and notifies[0]["version"] == 0
+    assert client._deactivation is not None and client._deactivation.delay <= 0.5
+    assert notify(_reginfo(2, "partial", _contact("1", "terminated", "deactivated"))) == 200
+    assert len(events.of("deactivated")) == 1  # a repeated version is ignored
+    # The FE closes the flow next: expected, not a flow loss.
+    client._on_flow_closed(flow)
+    assert "flow-lost" not in events.names() and client.stats["flow_losses"] == 0
+    # The subscription ends: the last NOTIFY of it is still answered 200, unknown ones 481.
+    assert notify(_reginfo(3, "full"), "terminated;reason=timeout") == 200
+    assert client._sub is None
+    assert notify(_reginfo(4, "full"), "terminated;reason=timeout") == 200
+    assert notify(_reginfo(0, "full"), call_id="someone-else") == 481
+    await client.close()
+    await endpoint.close()
+
+
+async def test_version_gap_asks_for_the_full_state() -> None:
+    """RFC 3680 §5.3: a partial document after a missing version → refresh the subscription
+    (its NOTIFY carries the full state); probation → registration due after retry-after."""
+    endpoint = client_endpoint(None)
+    client = PoolClient(
+        "sip:alice@contoso.com", "x", "127.0.0.1:9", endpoint=endpoint, instance_id=INSTANCE,
+        subscribe=True, retry_base=0.1,
+    )  # fmt: skip
+    flow = _flow()
+    client._flow = flow
+    client._result = RegistrationResult(client.aor, FE1, IP1, 0, 300, 0.01, contact=MY_CONTACT)
+    client._registered_mono = time.monotonic()
+    sub = client._sub = _RegSub(flow, "s", "t", MY_CONTACT, FE1)
+
+    def notify(body: bytes, n: int) -> int:
+        req = Request("NOTIFY", MY_CONTACT)
+        for name, value in (
+            ("Via", f"SIP/2.0/TLS 127.0.1.1:5061;branch=z9hG4bKg{n}"),
+            ("From", "<sip:alice@contoso.com>;tag=fe"),
+            ("To", "<sip:alice@contoso.com>;tag=t"),
+            ("Call-ID", "s"),
+            ("CSeq", f"{n} NOTIFY"),
+            ("Event", "reg"),
+            ("Subscription-State", "active;expires=100"),
+        ):
+            req.add(name, value)
+        req.set_body(body, "application/reginfo+xml")
+        return client._on_notify(req, flow)
+
+    assert notify(_reginfo(0, "full", _contact("1", "active", "registered")), 1) == 200
+    assert client._sub_next is None
+    assert notify(_reginfo(3, "partial", _contact("1", "active", "refreshed")), 2) == 200
+    assert client._sub_next is not None and client._sub_next <= time.monotonic()
+    assert sub.version == 3
+    probation = _contact("1", "terminated", "probation", retry_after=7)
+    assert notify(_reginfo(4, "partial", probation), 3) == 200
+    assert client._deactivation is not None
+    assert (client._deactivation.cause, client._deactivation.delay) == ("probation", 7.0)
+    assert not client.registered
+    await client.close()
+    await endpoint.close()
 
 
 # ======================================================================= live fixtures
@@ -610,17 +824,23 @@ async def test_stopped_fe_is_skipped(pool: Pool) -> None:
 
 
 @pytest.mark.network
-async def test_flow_loss_reregisters_from_dns_on_the_other_fe(pool: Pool) -> None:
+@pytest.mark.parametrize("subscribe", [False, True], ids=["plain", "subscribed"])
+async def test_flow_loss_reregisters_from_dns_on_the_other_fe(pool: Pool, subscribe: bool) -> None:
     """SIGKILL the FE holding alice while run() keeps her registered: the client sees the
-    connection drop and registers again, through DNS, on the surviving FE."""
+    connection drop and registers again, through DNS, on the surviving FE (and, subscribed,
+    subscribes again there: the old subscription died with the old flow)."""
     events = Recorder()
     stop = asyncio.Event()
     client = PoolClient(
-        "sip:alice@contoso.com", "secret", pool.dns, pool.ca, on_event=events, retry_base=0.2
-    )
+        "sip:alice@contoso.com", "secret", pool.dns, pool.ca, on_event=events, retry_base=0.2,
+        subscribe=subscribe,
+    )  # fmt: skip
     task = asyncio.create_task(client.run(stop))
     try:
-        first = await eventually(lambda: client.result, message="never registered")
+        first = await eventually(
+            lambda: (client.subscribed or not subscribe) and client.result,
+            message=f"never registered: {events.names()}",
+        )
         victim = pool.fe_of(first.fe_fqdn)
         survivor = pool.other(first.fe_fqdn)
         victim.kill()
@@ -632,12 +852,92 @@ async def test_flow_loss_reregisters_from_dns_on_the_other_fe(pool: Pool) -> Non
         assert len(events.of("dns")) >= 2, "the re-registration must start from DNS"
         assert second.contact != first.contact  # a new connection, a new local port
         assert await asyncio.to_thread(_bound_to, pool, survivor.fqdn, client.aor, second.contact)
+        assert events.of("registered")[-1]["reason"] == "flow-lost"
+        assert client.reregistrations["flow-lost"] >= 1
+        if subscribe:
+            await eventually(
+                lambda: (
+                    client.subscribed and events.of("subscribed")[-1]["fe_fqdn"] == survivor.fqdn
+                ),
+                message=f"not subscribed on {survivor.fqdn}: {events.names()}",
+            )
+            assert events.of("subscribed")[0]["fe_fqdn"] == first.fe_fqdn
+        else:
+            assert "subscribed" not in events.names()
         assert not task.done()
     finally:
         stop.set()
         await asyncio.wait_for(task, DEADLINE)
         await client.unregister()
         await client.close()
+
+
+def _full_notify_listing(client: PoolClient, contact: str) -> RegInfo | None:
+    """The newest full reginfo document received that lists ``contact`` active."""
+    for request in reversed(client.notifications):
+        if not request.body:
+            continue
+        info = parse_reginfo(request.body)
+        if info.state != "full":
+            continue
+        mine = own_contacts(info, client.aor, client.instance_id, contact)
+        if any(c.state == "active" and c.uri == contact for c in mine):
+            return info
+    return None
+
+
+@pytest.mark.network
+async def test_subscribe_gets_the_full_state_and_keeps_it_refreshed(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the 200 to REGISTER the client SUBSCRIBEs to reg (digest on the same flow) and
+    answers the first NOTIFY, which carries the full state listing its own contact; it
+    refreshes the subscription in its dialog (a new full NOTIFY, next version) and ends it
+    before unregistering."""
+    events = Recorder()
+    async with PoolClient(
+        "sip:alice@contoso.com", "secret", pool.dns, pool.ca, on_event=events, subscribe=True,
+        subscribe_expires=120,
+    ) as client:  # fmt: skip
+        result = await client.register()
+        assert client.subscribed, events.names()
+        (subscribed,) = events.of("subscribed")
+        assert subscribed["fe_fqdn"] == result.fe_fqdn and subscribed["expires"] == 120
+        assert subscribed["refresh"] is False
+        assert events.names().index("registered") < events.names().index("subscribed")
+        info = await eventually(
+            lambda: _full_notify_listing(client, result.contact),
+            message=f"no full NOTIFY listing {result.contact}: {list(client.notifications)}",
+        )
+        assert info.version == 0 and info.registrations[0].aor == client.aor
+        (mine,) = own_contacts(info, client.aor, client.instance_id, result.contact)
+        assert mine.event == "registered" and mine.instance == f"<{client.instance_id}>"
+        notify = next(n for n in client.notifications if n.body)
+        assert notify.get("subscription-state", "").startswith("active")
+        assert client._sub is not None and notify.to.tag == client._sub.from_tag
+
+        # The subscription is refreshed now, then at the (patched) refresh point.
+        monkeypatch.setattr("registrar.client.refresh_delay", lambda expires, rng=None: 0.5)
+        client._sub_next = time.monotonic()
+        stop = asyncio.Event()
+        task = asyncio.create_task(client.run(stop))
+        try:
+            await eventually(
+                lambda: any(e["refresh"] for e in events.of("subscribed")),
+                message=f"subscription never refreshed: {events.names()}",
+            )
+            await eventually(
+                lambda: (i := _full_notify_listing(client, result.contact)) and i.version >= 1,
+                message="no full NOTIFY after the refresh",
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, DEADLINE)
+        assert events.names().count("registered") == 1  # one registration throughout
+        assert "failed" not in events.names() and "subscribe-failed" not in events.names()
+        assert await client.unregister()
+        assert "unsubscribed" in events.names()
+        assert events.names().index("unsubscribed") < events.names().index("unregistered")
 
 
 class FakeRegistrar:
@@ -782,7 +1082,8 @@ async def test_wrong_password_fails_without_retrying(pool: Pool) -> None:
 
 
 async def test_handler_answers_registrar_requests() -> None:
-    """NOTIFY on a client's flow → 200 and kept; OPTIONS → 200; others → 405 with Allow."""
+    """NOTIFY on a client's flow: kept, and 481 when it matches no subscription of the client
+    (RFC 6665 §4.1.3), 200 when it does; OPTIONS → 200; others → 405 with Allow."""
     endpoint = client_endpoint(None)
     client = PoolClient("sip:alice@contoso.com", "x", "127.0.0.1:9", endpoint=endpoint)
     handler = endpoint.handler
@@ -804,8 +1105,14 @@ async def test_handler_answers_registrar_requests() -> None:
 
     notify = request("NOTIFY", ("Event", "reg"), ("Subscription-State", "active"))
     resp = handler.handle_request(notify, flow)
-    assert resp is not None and resp.status == 200
+    assert resp is not None and resp.status == 481
     assert list(client.notifications) == [notify]
+    client._sub = _RegSub(flow, "sub1", "c1", "sip:alice@127.0.0.1:40000;transport=tls", FE1)
+    resp = handler.handle_request(notify, flow)
+    assert resp is not None and resp.status == 200
+    wrong = request("NOTIFY", ("Event", "presence"), ("Subscription-State", "active"))
+    resp = handler.handle_request(wrong, flow)
+    assert resp is not None and resp.status == 489 and resp.get("allow-events") == "reg"
     options = handler.handle_request(request("OPTIONS"), flow)
     assert (
         options is not None and options.status == 200 and "NOTIFY" in (options.get("allow") or "")
@@ -850,6 +1157,15 @@ def test_cli_register_once(pool: Pool) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     assert result["fe_fqdn"] in (FE1, FE2) and result["algorithm"] == "SHA-256"
+    proc = subprocess.run(
+        _client_cmd(
+            "register", "sip:alice@contoso.com", "--password", "secret", "--dns", pool.dns,
+            "--ca", str(pool.ca), "--once", "--subscribe",
+        ),
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("registered sip:alice@contoso.com on "), proc.stdout
     proc = subprocess.run(
         _client_cmd(
             "register", "sip:bob@fabrikam.com", "--password", "x", "--dns", pool.dns,
@@ -917,3 +1233,292 @@ def test_cli_load_registers_fifty_users(pool: Pool) -> None:
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     progress = [line for line in proc.stderr.splitlines() if line.startswith("progress:")]
     assert len(progress) == 10 and "(100%)" in progress[-1], proc.stderr
+
+
+# ============================================================ re-homing (a topology pool)
+
+REHOME_BLOCK = "127.0.44"
+REHOME_USERS = 40  # user0001 for the single-client test, the rest for `client load`
+
+
+def _three_fe_layout(root: Path) -> PoolLayout:
+    """``examples/contoso.toml`` for :data:`REHOME_BLOCK` (:func:`pooltools.write_topology`)
+    cut down to its first three FEs -- the smallest pool where one FE down leaves a quorum
+    (2 of 3), so the others accept backup mode -- with quick heartbeats and re-home batches."""
+    layout = write_topology(root, REHOME_BLOCK, heartbeat_interval=0.5, heartbeat_timeout=2.0)
+    doc = tomlkit.parse(layout.path.read_text())
+    del doc["pools"][0]["front_ends"][3]
+    doc["settings"]["rehome_batch_interval"] = 0.5
+    layout.path.write_text(tomlkit.dumps(doc))
+    layout.fes = layout.fes[:3]
+    return layout
+
+
+@pytest.fixture(scope="module")
+def rehome_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePool]:
+    """DNS + three FEs, each ``registrar serve --topology FILE --fe FQDN``; users 1-40."""
+    root = tmp_path_factory.mktemp("rehome-pool")
+    live = None
+    for attempt in range(3):
+        live = LivePool(_three_fe_layout(root / f"attempt{attempt + 1}"), users=REHOME_USERS)
+        try:
+            live.prepare()
+            live.start()
+            break
+        except PoolStartError as exc:
+            live.close()
+            if "cannot listen" not in str(exc) or attempt == 2:
+                raise
+    assert live is not None
+    try:
+        yield live
+    finally:
+        live.close()
+
+
+def _order(layout: PoolLayout, aor: str) -> list[FeInfo]:
+    """The AOR's commissioned FEs in logical-sequence order (primary first)."""
+    return [layout.fe(sid) for sid in layout.sequence(aor) if sid in layout.ids]
+
+
+def _only_down(pool: LivePool, down: FeInfo) -> None:
+    """Every FE running but ``down`` (SIGKILLed); wait until the others see exactly each other
+    up and accept backup mode."""
+    layout = pool.layout
+    others = [fe for fe in layout.fes if fe.fqdn != down.fqdn]
+    for fe in others:
+        if not pool.running(fe.fqdn):
+            pool.start_fe(fe.fqdn)
+    if pool.running(down.fqdn):
+        pool.kill_fe(down.fqdn)
+    pool.wait_views(
+        {fe.server_id for fe in others}, fes=[fe.fqdn for fe in others], timeout=30, settled=True
+    )
+
+
+class Prefer(random.Random):
+    """Randomness whose shuffle puts one address first: the client tries that FE first."""
+
+    def __init__(self, first: str) -> None:
+        super().__init__(5)
+        self.first = first
+
+    def shuffle(self, x: Any) -> None:  # type: ignore[override]
+        x.sort(key=lambda ip: ip != self.first)
+
+
+@pytest.mark.network
+async def test_deactivated_notify_sends_the_client_home_through_the_301(
+    rehome_pool: LivePool,
+) -> None:
+    """user0001's primary FE is down: the client registers in backup mode on the next FE of
+    its sequence and subscribes to reg there. The primary comes back: the backup FE re-homes
+    (its batch removes the binding with reason deactivated, sends the NOTIFY, closes the
+    flow); the client registers again from DNS -- the backup FE first, whose 301 sends it
+    home -- exactly once, and ends registered on its primary, not in backup mode."""
+    pool = rehome_pool
+    layout = pool.layout
+    aor = aor_of(1)
+    home, backup, _ = _order(layout, aor)
+    await asyncio.to_thread(_only_down, pool, home)
+    events = Recorder()
+    stop = asyncio.Event()
+    client = PoolClient(
+        aor, DEMO_PASSWORD, layout.dns_text, layout.ca, on_event=events, subscribe=True,
+        rng=Prefer(backup.ip), retry_base=0.2,
+    )  # fmt: skip
+    task = asyncio.create_task(client.run(stop))
+    try:
+        first = await eventually(
+            lambda: client.subscribed and client.result,
+            message=f"never registered and subscribed: {events.names()}",
+        )
+        assert (first.fe_fqdn, first.backup, first.primary) == (backup.fqdn, True, home.fqdn)
+        await eventually(
+            lambda: _full_notify_listing(client, first.contact), message="no full NOTIFY"
+        )
+        rows = await asyncio.to_thread(pool.bindings_of, backup.fqdn, aor)
+        assert [r["backup"] for r in rows if r["contact"] == first.contact] == [True], rows
+
+        await asyncio.to_thread(pool.start_fe, home.fqdn)
+        second = await eventually(
+            lambda: (
+                client.registered
+                and client.result is not None
+                and client.result.fe_fqdn == home.fqdn
+                and client.result
+            ),
+            timeout=60,
+            message=f"not re-homed to {home.fqdn}: {events.names()}\n{pool.log_tails()}",
+        )
+        names = events.names()
+        moved_at = names.index("deactivated")
+        (deactivated,) = events.of("deactivated")
+        assert deactivated["fe_fqdn"] == backup.fqdn and deactivated["contact"] == first.contact
+        after = events.events[moved_at:]
+        assert [n for n, _ in after].count("registered") == 1, names
+        (again,) = [info for name, info in after if name == "registered"]
+        assert again["reason"] == "deactivated" and again["fe_fqdn"] == home.fqdn
+        assert again["redirects"] == 1 and again["backup"] is False and again["mode"] == "primary"
+        assert "dns" in [n for n, _ in after], "the re-registration must start from DNS"
+        assert [i["source"] for n, i in after if n == "redirected"] == ["pool.contoso.com"]
+        assert "flow-lost" not in names  # the close after the NOTIFY was expected
+        assert client.reregistrations == {"deactivated": 1}
+        assert second.contact != first.contact
+
+        rows = await asyncio.to_thread(pool.bindings_of, home.fqdn, aor)
+        assert [r["backup"] for r in rows if r["contact"] == second.contact] == [False], rows
+        assert await asyncio.to_thread(pool.bindings_of, backup.fqdn, aor) == []
+        await eventually(
+            lambda: client.subscribed and events.of("subscribed")[-1]["fe_fqdn"] == home.fqdn,
+            message=f"not subscribed again on {home.fqdn}: {events.names()}",
+        )
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE)
+        await client.unregister()
+        await client.close()
+
+
+_LIVE = re.compile(
+    r"^live: [\d.]+s, registered (\d+)/(\d+), backup mode (\d+), subscribed (\d+); "
+    r"per FE: (.*); re-registrations: (.*)$"
+)
+
+
+def _parse_live(line: str) -> dict[str, Any] | None:
+    """A ``--report-interval`` line as ``registered``, ``users``, ``backup``, ``subscribed``,
+    ``per_fe`` and ``again`` (reason → count), or ``None`` for other lines."""
+    match = _LIVE.match(line)
+    if match is None:
+        return None
+
+    def pairs(text: str) -> dict[str, int]:
+        out = {}
+        for item in text.split(", "):
+            if item and item != "-":
+                key, _, value = item.rpartition(" ")
+                out[key] = int(value)
+        return out
+
+    registered, users, backup, subscribed, per_fe, again = match.groups()
+    return {
+        "registered": int(registered),
+        "users": int(users),
+        "backup": int(backup),
+        "subscribed": int(subscribed),
+        "per_fe": pairs(per_fe),
+        "again": pairs(again),
+    }
+
+
+@pytest.mark.network
+def test_cli_load_subscribed_users_go_home_and_the_report_says_so(rehome_pool: LivePool) -> None:
+    """``client load --subscribe --hold -1 --report-interval 0.5 --json`` with one FE down:
+    its users register in backup mode; when it is back, the live line shows them going home
+    (deactivated), and the final JSON report has the re-registrations by reason and the FE
+    distribution at the end -- every user on its primary."""
+    pool = rehome_pool
+    layout = pool.layout
+    home = _order(layout, aor_of(1))[0]
+    _only_down(pool, home)
+    first, count = 2, REHOME_USERS - 1
+    aors = [aor_of(n) for n in range(first, first + count)]
+    primaries = {aor: layout.primary(aor).fqdn for aor in aors}
+    moving = [aor for aor, fqdn in primaries.items() if fqdn == home.fqdn]
+    assert moving, "no test user has the stopped FE as primary"
+    proc = subprocess.Popen(
+        _client_cmd(
+            "load", "--users", str(count), "--first", str(first), "--password", DEMO_PASSWORD,
+            "--dns", layout.dns_text, "--ca", str(layout.ca), "--concurrency", "20",
+            "--subscribe", "--hold", "-1", "--report-interval", "0.5", "--json",
+        ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    lines: list[str] = []
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    reader = threading.Thread(target=lambda: lines.extend(line.rstrip() for line in stderr))
+    reader.start()
+
+    def latest() -> dict[str, Any] | None:
+        for line in reversed(lines):
+            parsed = _parse_live(line)
+            if parsed is not None:
+                return parsed
+        return None
+
+    def tail() -> str:
+        return "\n".join(lines[-15:])
+
+    try:
+        before = wait_until_live(
+            lambda: (s := latest()) and s["registered"] == count and s["subscribed"] == count and s,
+            proc,
+            f"the users never all registered and subscribed:\n{tail()}",
+        )
+        assert before["backup"] == len(moving), before
+        assert home.fqdn not in before["per_fe"]
+
+        pool.start_fe(home.fqdn)
+        expected = dict(Counter(primaries.values()))
+        after = wait_until_live(
+            lambda: (
+                (s := latest())
+                and s["per_fe"] == expected
+                and s["backup"] == 0
+                and s["subscribed"] == count
+                and s
+            ),
+            proc,
+            f"never back home (want {expected}):\n{tail()}\n{pool.log_tails()}",
+            timeout=90,
+        )
+        assert after["again"]["deactivated"] == len(moving), after
+        assert list(after["again"])[:3] == list(REREGISTER_REASONS)
+        rows = pool.bindings_many((home.fqdn, aor) for aor in moving)
+        assert all(len(v) == 1 and v[0]["backup"] is False for v in rows.values()), rows
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        reader.join(10)
+    assert proc.returncode == 0, out + tail()
+    report = json.loads(out)
+    assert report["failures"] == {} and report["succeeded"] == count, report
+    assert report["subscribe"] is True and report["backup_mode"] == len(moving)
+    hold = report["hold"]
+    assert hold["reregistrations_by_reason"] == {
+        "deactivated": len(moving), "flow-lost": 0, "refresh": 0,
+    }, hold  # fmt: skip
+    assert hold["reregistrations"] == len(moving) == hold["deactivations"]
+    assert hold["flow_losses"] == 0, hold
+    final = report["final"]
+    assert final["per_fe"] == expected and final["registered"] == count, final
+    assert final["backup_mode"] == 0 and final["subscribed"] == count, final
+    assert report["unregistered"] == count
+
+
+def wait_until_live(
+    predicate: Callable[[], Any],
+    proc: subprocess.Popen[str],
+    message: str,
+    timeout: float = 60.0,
+) -> Any:
+    """Poll ``predicate`` (a live line check) until truthy, the load client exits, or
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"the load client exited with {proc.returncode}: {message}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(message)
+        time.sleep(0.1)
