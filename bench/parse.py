@@ -13,17 +13,22 @@ typical ``OPTIONS`` keep-alive/heartbeat) this measures, in microseconds per mes
     Expires, Request-URI) -- the cost a registrar pays before it looks at a ``REGISTER``.
 
 Method: :mod:`timeit` runs each case ``--number`` times per repeat (every iteration parses
-fresh bytes, so no parsed view is reused), ``--repeat`` times; the figure reported is the
-*minimum* over the repeats divided by ``--number`` (the least disturbed run -- on a busy
-machine the mean mostly measures the other processes). Units: µs of wall-clock time per
-message, one thread, pure Python (no C extensions).
+the bytes afresh, so no parsed view is reused), ``--repeat`` times; the figure reported is
+the *minimum* over the repeats divided by ``--number`` (the least disturbed run -- on a busy
+machine the mean mostly measures the other processes). The clock is the process's CPU time
+(:func:`time.process_time`), so time spent descheduled on a loaded machine does not count.
+Units: CPU µs per message, one thread, pure Python (no C extensions). Figures still vary
+with the machine's load (shared caches, frequency): compare two versions in the same run.
+
+``--sipstack DIR`` imports the ``sipstack`` package found in ``DIR`` instead of this
+checkout's, to measure another version (e.g. an older copy) the same way.
 
 Command line::
 
-    python bench/parse.py [--number 20000] [--repeat 7] [--json]
+    python bench/parse.py [--number 20000] [--repeat 7] [--json] [--sipstack DIR]
 
-``--json`` prints one JSON object ``{"python": ..., "results": [{"message", "bytes",
-"case", "us"}, ...]}`` instead of the table. Only the standard library and :mod:`sipstack`
+``--json`` prints one JSON object ``{"python": ..., "unit": "cpu_us", "results": [{"message",
+"bytes", "case", "us"}, ...]}`` instead of the table. Only the standard library and :mod:`sipstack`
 are used. Tests never assert on these figures (DESIGN.md §9).
 """
 
@@ -38,20 +43,18 @@ import timeit
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sipstack.parser import parse_message, validate_request  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REGISTER = (
     b"REGISTER sip:contoso.com SIP/2.0\r\n"
     b"Via: SIP/2.0/TLS 192.0.2.15:49152;branch=z9hG4bK776asdhds;rport\r\n"
     b"Max-Forwards: 70\r\n"
-    b"To: \"Alice\" <sip:alice@contoso.com>\r\n"
-    b"From: \"Alice\" <sip:alice@contoso.com>;tag=1928301774\r\n"
+    b'To: "Alice" <sip:alice@contoso.com>\r\n'
+    b'From: "Alice" <sip:alice@contoso.com>;tag=1928301774\r\n'
     b"Call-ID: a84b4c76e66710@pc33.contoso.com\r\n"
     b"CSeq: 314159 REGISTER\r\n"
     b"Contact: <sip:alice@192.0.2.15:49152;transport=tls;ob>"
-    b";+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\";reg-id=1\r\n"
+    b';+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>";reg-id=1\r\n'
     b"Expires: 3600\r\n"
     b"Supported: path, outbound, gruu\r\n"
     b"User-Agent: ExamplePhone/1.2.3 (Linux)\r\n"
@@ -76,31 +79,29 @@ OPTIONS = (
 MESSAGES: dict[str, bytes] = {"REGISTER": REGISTER, "OPTIONS": OPTIONS}
 
 
-def _parse_encode(data: bytes) -> Callable[[], object]:
-    def run() -> object:
-        return parse_message(data).encode()
+def _cases() -> dict[str, Callable[[bytes], Callable[[], object]]]:
+    """The measured cases, bound to the ``sipstack`` on ``sys.path`` (imported here)."""
+    from sipstack.parser import parse_message, validate_request
 
-    return run
+    def parse_encode(data: bytes) -> Callable[[], object]:
+        def run() -> object:
+            return parse_message(data).encode()
+
+        return run
+
+    def parse_validate_encode(data: bytes) -> Callable[[], object]:
+        def run() -> object:
+            msg = parse_message(data)
+            validate_request(msg)  # type: ignore[arg-type]
+            return msg.encode()
+
+        return run
+
+    return {"parse+encode": parse_encode, "parse+validate+encode": parse_validate_encode}
 
 
-def _parse_validate_encode(data: bytes) -> Callable[[], object]:
-    def run() -> object:
-        msg = parse_message(data)
-        validate_request(msg)  # type: ignore[arg-type]
-        return msg.encode()
-
-    return run
-
-
-CASES: dict[str, Callable[[bytes], Callable[[], object]]] = {
-    "parse+encode": _parse_encode,
-    "parse+validate+encode": _parse_validate_encode,
-}
-
-
-def measure(data: bytes, case: str, number: int, repeat: int) -> float:
-    """Minimum over ``repeat`` runs of the time per call, in µs, of ``case`` on ``data``."""
-    func = CASES[case](data)
+def measure(func: Callable[[], object], number: int, repeat: int) -> float:
+    """Minimum over ``repeat`` runs of ``number`` calls of ``func``: CPU µs per call."""
     func()  # warm caches and fail early on a broken message
     times = timeit.repeat(func, timer=time.process_time, number=number, repeat=repeat)
     return min(times) / number * 1e6
@@ -112,21 +113,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--number", type=int, default=20000, help="calls per repeat")
     ap.add_argument("--repeat", type=int, default=7, help="repeats (the minimum is reported)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument(
+        "--sipstack", type=Path, default=ROOT, help="directory holding the sipstack package"
+    )
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(args.sipstack.resolve()))
+    cases = _cases()
 
     results = []
     for name, data in MESSAGES.items():
-        for case in CASES:
-            us = measure(data, case, args.number, args.repeat)
+        for case, make in cases.items():
+            us = measure(make(data), args.number, args.repeat)
             results.append({"message": name, "bytes": len(data), "case": case, "us": round(us, 2)})
 
     if args.json:
-        print(json.dumps({"python": platform.python_version(), "results": results}, indent=2))
+        doc = {"python": platform.python_version(), "unit": "cpu_us", "results": results}
+        print(json.dumps(doc, indent=2))
     else:
-        print(f"Python {platform.python_version()}, min of {args.repeat} x {args.number} calls")
-        print(f"{'message':<10} {'bytes':>5}  {'case':<22} {'µs/msg':>8}")
+        print(
+            f"Python {platform.python_version()}, CPU time, min of {args.repeat} x {args.number}"
+            f" calls, sipstack from {args.sipstack}"
+        )
+        print(f"{'message':<10} {'bytes':>5}  {'case':<22} {'CPU µs/msg':>10}")
         for r in results:
-            print(f"{r['message']:<10} {r['bytes']:>5}  {r['case']:<22} {r['us']:>8.2f}")
+            print(f"{r['message']:<10} {r['bytes']:>5}  {r['case']:<22} {r['us']:>10.2f}")
     return 0
 
 

@@ -14,12 +14,16 @@ class SipParseError(ValueError):
         status: the response status a UAS/proxy should send for a request carrying this error
             (``400`` Bad Request, ``505`` Version Not Supported, ``513`` Message Too Large,
             ``416`` Unsupported URI Scheme, ...). For responses the caller drops the message.
-        reason: a short human-readable reason, safe to put in a reason phrase or ``Warning``.
+        reason: a short human-readable reason, safe to put in a reason phrase or ``Warning``
+            (non-printable characters are replaced by ``?``).
 
     Source: RFC 3261 §7, §25 (grammar), §8.2 (UAS behaviour), §21.4 (status codes).
     """
 
     def __init__(self, reason: str, status: int = 400) -> None:
+        if not reason.isprintable():
+            # The reason may end up in a Warning header or a log line: no CR/LF, no controls.
+            reason = "".join(c if c.isprintable() else "?" for c in reason)
         super().__init__(reason)
         self.status = status
         self.reason = reason

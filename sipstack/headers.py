@@ -8,6 +8,13 @@ Header *values* stay the strings that were received; the classes here (:class:`V
 :class:`NameAddr`, :class:`CSeq`) are parsed views made on demand, each with a ``__str__`` that
 writes it back. All parsers raise :class:`~sipstack.errors.SipParseError` (status 400) and
 nothing else.
+
+Parameters follow RFC 3261 §25.1 strictly: ``generic-param = token [ "=" (token / host /
+quoted-string) ]``, so ``;a=b=c`` or ``;a=b/c`` are errors (quote such values).
+
+Each parser has a fast path, one compiled regular expression (possessive quantifiers, no
+backtracking) for the common form, and a detailed reference parser for everything else, which
+also gives the precise error messages.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import SipParseError
-from .uri import FAST_SIP_PATTERN, SipUri, Uri, fast_sip_uri, parse_uri
+from .uri import FAST_SIP_PATTERN, SipUri, Uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
     "MAX_CSEQ",
+    "METHODS",
     "MULTI_VALUED",
     "SINGLE_VALUED",
     "CSeq",
@@ -97,24 +106,41 @@ SINGLE_VALUED = frozenset(
 
 _TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 _TOKEN_RE = re.compile(rf"[{_TOKEN_CHARS}]+\Z")
-# A quoted-string (RFC 3261 §25.1), unrolled so that the regex engine does not loop per char.
-_QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+# A quoted-string (RFC 3261 §25.1), unrolled and possessive so that the regex engine neither
+# loops per alternative nor backtracks.
+_QUOTED = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
 # gen-value = token / host / quoted-string (RFC 3261 §25.1).
 _VALUE_CHARS = rf"{_TOKEN_CHARS}\[\]:"
 _VALUE_RE = re.compile(rf"[{_VALUE_CHARS}]+\Z")
-# One generic-param with its leading ';' and the LWS around it; group 1 = the whole item.
-_PARAM_ITEM_RE = re.compile(
-    rf"(;[ \t]*([{_TOKEN_CHARS}]+)[ \t]*(?:=[ \t]*([{_VALUE_CHARS}]+|{_QUOTED})[ \t]*)?)",
-    re.DOTALL,
+# *( SEMI generic-param ) with the LWS around ';' and '=', as one group; the pattern checks the
+# syntax, _findall_params then takes (name, value) pairs out of a text it has accepted.
+_PARAMS = (
+    rf"((?:[ \t]*+;[ \t]*+[{_TOKEN_CHARS}]++[ \t]*+"
+    rf"(?:=[ \t]*+(?:[{_VALUE_CHARS}]++|{_QUOTED}))?)*+)[ \t]*+"
 )
+_PARAMS_RE = re.compile(rf"{_PARAMS}\Z", re.DOTALL)
+# The same with group 1 = the whole item, for texts not checked yet: the items cover the text
+# exactly when their lengths add up to its length.
+_findall_param_items = re.compile(
+    rf"([ \t]*+;[ \t]*+([{_TOKEN_CHARS}]++)[ \t]*+"
+    rf"(?:=[ \t]*+([{_VALUE_CHARS}]++|{_QUOTED}))?[ \t]*+)",
+    re.DOTALL,
+).findall
+_findall_params = re.compile(
+    rf";[ \t]*+([{_TOKEN_CHARS}]++)[ \t]*+(?:=[ \t]*+([{_VALUE_CHARS}]++|{_QUOTED}))?",
+    re.DOTALL,
+).findall
+# host = hostname / IPv4address (RFC 3261 §25.1, leniently: labels of alphanumerics and '-',
+# not starting or ending with '-'); the same language as sipstack.uri's hostname check.
+_HOSTNAME = r"[A-Za-z0-9][A-Za-z0-9\-.]*+(?<!-)(?<!-\.)(?<!\.\.)"
 # One element of a comma-separated list: commas inside quotes or <...> do not count.
-_findall_params = _PARAM_ITEM_RE.findall
 _LIST_ELEMENT_RE = re.compile(rf'(?:[^,"<]++|{_QUOTED}|<[^>]*+>)*+', re.DOTALL)
 _QUOTED_RE = re.compile(rf"{_QUOTED}", re.DOTALL)
 _UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _SCHEME_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:")
 _DISPLAY_TOKENS_RE = re.compile(rf"[{_TOKEN_CHARS} \t]*\Z")
 _name_cache: dict[str, str] = {}
+_new = object.__new__
 
 
 def header_key(name: str) -> str:
@@ -204,13 +230,8 @@ def parse_params(text: str) -> dict[str, str | None]:
         SipParseError: an empty parameter (``";;"``, RFC 4475 §3.1.2.1), a name that is not a
             token, an empty or malformed value, an unterminated quoted string.
     """
-    params: dict[str, str | None] = {}
-    total = 0
-    for whole, name, value in _findall_params(text):
-        total += len(whole)
-        params[name.lower()] = value or None
-    if total == len(text):
-        return params
+    if _PARAMS_RE.match(text) is not None:
+        return {name.lower(): value or None for name, value in _findall_params(text)}
     return _parse_params_slow(text)
 
 
@@ -298,10 +319,11 @@ def unquote(text: str) -> str:
 
 # ---------------------------------------------------------------------------------------- Via
 
-_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.?)"
+_HOST = rf"(?:\[[0-9A-Fa-f:.]+\]|{_HOSTNAME})"
+# The common Via: "SIP/2.0/transport host[:port]" and parameters, "branch" first or absent.
 _VIA_FAST_RE = re.compile(
-    rf"SIP/2\.0/([{_TOKEN_CHARS}]+) "
-    r"([A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.?)(?::([0-9]{1,5}))?(;.*)?\Z",
+    rf"SIP/2\.0/([{_TOKEN_CHARS}]++) ({_HOSTNAME})(?::([0-9]{{1,5}}+))?"
+    rf"(?:;branch=([{_TOKEN_CHARS}]++))?(.*)\Z",
     re.DOTALL,
 )
 _VIA_RE = re.compile(
@@ -370,8 +392,18 @@ def parse_via(value: str) -> Via:
     """
     m = _VIA_FAST_RE.match(value)
     if m is not None:
-        transport, host, port, ptext = m.groups()
+        transport, host, port, branch, rest = m.groups()
         protocol = "SIP/2.0"
+        params = {} if branch is None else {"branch": branch}
+        if rest == ";rport":  # RFC 3581 clients: the most common tail by far
+            params["rport"] = None
+        elif rest:
+            total = 0
+            for whole, pname, pvalue in _findall_param_items(rest):
+                total += len(whole)
+                params[pname.lower()] = pvalue or None
+            if total != len(rest):
+                params = parse_params(rest if branch is None else f";branch={branch}{rest}")
     else:
         head, semi, ptext = value.partition(";")
         m = _VIA_RE.match(head)
@@ -384,31 +416,28 @@ def parse_via(value: str) -> Via:
             except ValueError:
                 raise SipParseError(f"bad Via host {host[:60]!r}") from None
         protocol = f"{name.upper()}/{version}"
-        ptext = semi + ptext
+        params = parse_params(semi + ptext) if semi else {}
     port_num = None
     if port is not None:
         port_num = int(port)
         if port_num > 65535:
             raise SipParseError(f"bad Via port {port}")
-    if ptext:
-        params = {}
-        total = 0
-        for whole, pname, pvalue in _findall_params(ptext):
-            total += len(whole)
-            params[pname.lower()] = pvalue or None
-        if total != len(ptext):
-            params = _parse_params_slow(ptext)
-        if "rport" in params:
-            rport = params["rport"]
-            if rport is not None and (not rport.isdigit() or len(rport) > 5 or int(rport) > 65535):
-                raise SipParseError("bad Via rport")
-        if "ttl" in params:
-            ttl = params["ttl"]
-            if ttl is None or not ttl.isdigit() or len(ttl) > 3 or int(ttl) > 255:
-                raise SipParseError("bad Via ttl")
-    else:
-        params = {}
-    return Via(transport.upper(), host, port_num, params, protocol)
+    if "rport" in params:
+        rport = params["rport"]
+        if rport is not None and (not rport.isdigit() or len(rport) > 5 or int(rport) > 65535):
+            raise SipParseError("bad Via rport")
+    if "ttl" in params:
+        ttl = params["ttl"]
+        if ttl is None or not ttl.isdigit() or len(ttl) > 3 or int(ttl) > 255:
+            raise SipParseError("bad Via ttl")
+    # Via(transport.upper(), host, port_num, params, protocol) without the __init__ call.
+    via = _new(Via)
+    via.transport = transport.upper()
+    via.host = host
+    via.port = port_num
+    via.params = params
+    via.protocol = protocol
+    return via
 
 
 # ----------------------------------------------------------------------------------- NameAddr
@@ -528,10 +557,10 @@ def _parse_quoted(text: str, start: int) -> tuple[str, int]:
 
 
 # The common name-addr: a quoted display name without escapes or a token display name, then
-# <common SIP URI>, then whatever follows (header parameters).
+# <common SIP URI>, then header parameters ("tag" first or absent).
 _NAME_ADDR_FAST_RE = re.compile(
-    rf'(?:"([^"\\]*)"[ \t]*|([{_TOKEN_CHARS}][{_TOKEN_CHARS} \t]*?)[ \t]*)?'
-    rf"<{FAST_SIP_PATTERN}>(.*)\Z",
+    rf'(?:"([^"\\]*+)"[ \t]*+|([{_TOKEN_CHARS}]++(?:[ \t]++[{_TOKEN_CHARS}]++)*+)[ \t]*+)?'
+    rf"<{FAST_SIP_PATTERN}>(?:;tag=([{_TOKEN_CHARS}]++))?(.*)\Z",
     re.DOTALL,
 )
 
@@ -549,26 +578,48 @@ def parse_name_addr(value: str) -> NameAddr:
             missing ``>``, or a bad URI or parameter.
     """
     m = _NAME_ADDR_FAST_RE.match(value)
-    if m is not None:
-        quoted, tokens, scheme, user, host, port, ptext, rest = m.groups()
-        uri = fast_sip_uri(scheme, user, host, port, ptext)
-        if quoted is not None:
-            display: str | None = quoted
-        elif tokens is not None:
-            display = " ".join(tokens.split())
-        else:
-            display = None
-        if not rest:
-            return NameAddr(uri, display, {})
-        params: dict[str, str | None] = {}
+    if m is None:
+        return _parse_name_addr_slow(value)
+    quoted, tokens, scheme, user, host, port, uri_params, tag, rest = m.groups()
+    # The SipUri, as sipstack.uri.fast_sip_uri() builds it (inlined: this is the hot path).
+    port_num = None
+    if port is not None:
+        port_num = int(port)
+        if port_num > 65535:
+            raise SipParseError(f"port out of range {port_num}")
+    uparams: dict[str, str | None] = {}
+    if uri_params:
+        for item in uri_params[1:].split(";"):
+            name, eq, pvalue = item.partition("=")
+            uparams[name] = pvalue if eq else None
+    params: dict[str, str | None] = {"tag": tag} if tag is not None else {}
+    if rest:
         total = 0
-        for whole, pname, pvalue in _findall_params(rest):
+        for whole, pname, pvalue in _findall_param_items(rest):
             total += len(whole)
             params[pname.lower()] = pvalue or None
         if total != len(rest):
-            params = _parse_params_slow(rest)
-        return NameAddr(uri, display, params)
-    return _parse_name_addr_slow(value)
+            return _parse_name_addr_slow(value)
+    # SipUri(...) and NameAddr(...) without the cost of the dataclass __init__ calls.
+    uri = _new(SipUri)
+    uri.scheme = scheme.lower()
+    uri.user = user
+    uri.password = None
+    uri.host = host
+    uri.port = port_num
+    uri.params = uparams
+    uri.headers = []
+    na = _new(NameAddr)
+    na.uri = uri
+    if quoted is not None:
+        na.display_name = quoted
+    elif tokens is not None:
+        na.display_name = " ".join(tokens.split())
+    else:
+        na.display_name = None
+    na.params = params
+    na.wildcard = False
+    return na
 
 
 def _parse_name_addr_slow(value: str) -> NameAddr:
@@ -615,18 +666,31 @@ def _parse_name_addr_slow(value: str) -> NameAddr:
 # --------------------------------------------------------------------------------------- CSeq
 
 MAX_CSEQ = 2**31 - 1
+# Methods of RFC 3261 and its extensions (fast paths; any other token is a method too).
+METHODS = frozenset(
+    {
+        "REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE", "NOTIFY",
+        "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER", "SERVICE", "NEGOTIATE",
+        "BENOTIFY",
+    }
+)
 _CSEQ_RE = re.compile(rf"([0-9]{{1,10}})[ \t]+([{_TOKEN_CHARS}]+)\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class CSeq:
-    """The CSeq header (RFC 3261 §20.16): sequence number ``< 2**31`` and method."""
+class CSeq(NamedTuple):
+    """The CSeq header (RFC 3261 §20.16): sequence number ``< 2**31`` and method.
+
+    Immutable and hashable (a named tuple: ``number, method = cseq`` works too).
+    """
 
     number: int
     method: str
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
+
+
+_tuple_new = tuple.__new__
 
 
 def parse_cseq(value: str) -> CSeq:
@@ -636,6 +700,16 @@ def parse_cseq(value: str) -> CSeq:
         SipParseError: not two fields, a number that is not digits or ``>= 2**31``
             (RFC 3261 §8.1.1.5), or a method that is not a token.
     """
+    number_text, _, method = value.partition(" ")
+    if (
+        method in METHODS
+        and number_text.isdigit()
+        and number_text.isascii()
+        and len(number_text) < 11
+    ):
+        number = int(number_text)
+        if number <= MAX_CSEQ:
+            return _tuple_new(CSeq, (number, method))  # type: ignore[no-any-return]
     m = _CSEQ_RE.match(value)
     if m is not None:
         number = int(m.group(1))

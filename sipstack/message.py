@@ -8,7 +8,11 @@ look-ups (:func:`~sipstack.headers.header_key`), ``name`` is the spelling writte
 is lazy while a malformed header still surfaces as one :class:`~sipstack.errors.SipParseError`.
 
 ``Message.encode()`` is the serializer; ``parse_message(m.encode()) == m`` for every message
-(see :mod:`sipstack.parser`).
+whose header values have no surrounding white space and no CR/LF (see :mod:`sipstack.parser`;
+:meth:`Message.add` and :meth:`Message.set` refuse CR/LF).
+
+:func:`parse_vias`, :func:`parse_contacts` and :func:`check_call_id` are the builders of the
+typed views, shared with :mod:`sipstack.parser`'s validators, which fill the same cache.
 """
 
 from __future__ import annotations
@@ -33,7 +37,16 @@ from .headers import (
 )
 from .uri import Uri, parse_uri
 
-__all__ = ["REASON_PHRASES", "Message", "Request", "Response"]
+__all__ = [
+    "REASON_PHRASES",
+    "Message",
+    "Request",
+    "Response",
+    "check_call_id",
+    "make_response",
+    "parse_contacts",
+    "parse_vias",
+]
 
 SIP_VERSION = "SIP/2.0"
 
@@ -88,6 +101,48 @@ def _key_of(name: str) -> str:
         if len(_key_cache) < 4096:
             _key_cache[name] = key
     return key
+
+
+def check_call_id(value: str) -> str:
+    """``value`` if it is a Call-ID (RFC 3261 §20.8, §25.1: ``word ["@" word]``, checked
+    leniently: no LWS, no ``,``, no control characters).
+
+    Raises:
+        SipParseError: (400) empty or not one word.
+    """
+    if not value or not value.isprintable() or " " in value or "," in value:
+        raise SipParseError(f"bad Call-ID {value[:40]!r}")
+    return value
+
+
+def parse_vias(values: list[str]) -> list[Via]:
+    """Every Via of the Via field lines ``values`` (each may hold several, RFC 3261 §7.3.1).
+
+    Raises:
+        SipParseError: a Via that does not parse.
+    """
+    if len(values) == 1 and "," not in values[0]:
+        return [parse_via(values[0])]
+    return [
+        parse_via(element)
+        for value in values
+        for element in (split_commas(value) if "," in value else (value,))
+    ]
+
+
+def parse_contacts(values: list[str]) -> list[NameAddr]:
+    """Every Contact of the Contact field lines ``values`` (RFC 3261 §20.10).
+
+    Raises:
+        SipParseError: a Contact that does not parse.
+    """
+    if len(values) == 1 and "," not in values[0]:
+        return [parse_name_addr(values[0])]
+    return [
+        parse_name_addr(element)
+        for value in values
+        for element in (split_commas(value) if "," in value else (value,))
+    ]
 
 
 def _check_value(value: str) -> str:
@@ -249,7 +304,9 @@ class Message:
         """Every Via value, top first (RFC 3261 §20.42). Raises SipParseError."""
         value = self._cache.get("via")
         if value is None:
-            value = self._cache["via"] = [parse_via(v) for v in self.values("via")]
+            value = self._cache["via"] = parse_vias(
+                [v for k, _, v in self._headers if k == "via"]
+            )
         return value  # type: ignore[no-any-return]
 
     @property
@@ -282,10 +339,7 @@ class Message:
         (``word ["@" word]``: no LWS, no ``,``, no control characters)."""
         value = self._cache.get("call-id")
         if value is None:
-            value = self._single("call-id")
-            if not value or not value.isprintable() or " " in value or "," in value:
-                raise SipParseError(f"bad Call-ID {value[:40]!r}")
-            self._cache["call-id"] = value
+            value = self._cache["call-id"] = check_call_id(self._single("call-id"))
         return value  # type: ignore[no-any-return]
 
     @property
@@ -313,7 +367,9 @@ class Message:
         Raises SipParseError."""
         value = self._cache.get("contact")
         if value is None:
-            value = self._cache["contact"] = [parse_name_addr(v) for v in self.values("contact")]
+            value = self._cache["contact"] = parse_contacts(
+                [v for k, _, v in self._headers if k == "contact"]
+            )
         return value  # type: ignore[no-any-return]
 
     @property
@@ -361,11 +417,8 @@ class Message:
         """Serialise to wire bytes (RFC 3261 §7): start line, header fields as stored,
         blank line, body. Content-Length is written as stored: use
         :meth:`set_body` to keep it right."""
-        head = (
-            self.start_line()
-            + "\r\n"
-            + "".join([f"{n}: {v}\r\n" for _, n, v in self._headers])
-            + "\r\n"
+        head = "\r\n".join(
+            [self.start_line(), *[f"{n}: {v}" for _, n, v in self._headers], "", ""]
         ).encode("utf-8", "surrogateescape")
         return head + self.body if self.body else head
 

@@ -4,7 +4,8 @@ Two steps, so that the hot path stays cheap while malformed input is still caugh
 
 * :func:`parse_message` checks the framing: start line, header field syntax (names are tokens,
   line folding, compact forms), Content-Length (RFC 3261 §7, §18.3, §20.14). Header *values*
-  are kept as strings.
+  are kept as strings. A second Content-Length is reported by the validators (the parser
+  frames with the last one).
 * :func:`validate_request` / :func:`validate_response` parse the header fields every element
   relies on (Via, From, To, Call-ID, CSeq, Max-Forwards, Contact, Expires, Request-URI) and
   enforce RFC 3261 §8.2 / RFC 4475: duplicates of single-valued fields, CSeq method matching the
@@ -15,16 +16,37 @@ Both raise only :class:`~sipstack.errors.SipParseError`, whose ``status`` is the
 
 Well-known header names are written back in their canonical spelling (``v`` and ``VIA`` become
 ``Via``); other names keep the spelling they were received with.
+
+Leniencies, on purpose: several SPs in the request line (RFC 4475 §3.1.2.9/10), bare-LF line
+ends, a datagram without its final empty line, header values stripped of all surrounding white
+space (``str.strip()``: SP, HT and the other Unicode spaces), spaces inside ``<...>``
+(§3.1.2.14). Never accepted: a bare CR, a header name that is not a token, a Content-Length that
+is not digits or exceeds the body.
+
+Speed: the common message (CRLF line ends, header names seen before, no folding) takes one list
+comprehension over the lines; the validators parse each header with one compiled regular
+expression for its common form and fall back to the detailed parsers otherwise, which are the
+reference (the property tests check that both agree). See ``bench/parse.py``.
 """
 
 from __future__ import annotations
 
 import re
 from itertools import repeat
+from typing import Any
 
 from .errors import SipParseError
-from .headers import COMPACT_FORMS, SINGLE_VALUED, canonical_name
-from .message import Message, Request, Response
+from .headers import (
+    COMPACT_FORMS,
+    METHODS,
+    SINGLE_VALUED,
+    canonical_name,
+    parse_cseq,
+    parse_name_addr,
+    parse_uint,
+)
+from .message import Message, Request, Response, check_call_id, parse_contacts, parse_vias
+from .uri import SipUri
 
 __all__ = ["parse_message", "validate_request", "validate_response"]
 
@@ -44,14 +66,8 @@ _WELL_KNOWN = frozenset(
         "retry-after", "date", "timestamp", "warning",
     }
 )
-_METHODS = frozenset(
-    {
-        "REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE", "NOTIFY",
-        "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER", "SERVICE", "NEGOTIATE",
-        "BENOTIFY",
-    }
-)
 _known_names: dict[str, tuple[str, str]] = {}
+_new = object.__new__
 _MAX_KNOWN = 2048
 
 
@@ -104,7 +120,7 @@ def parse_message(
 
     Returns:
         :class:`Request` or :class:`Response`; header values unparsed (lazy), unfolded and
-        stripped of surrounding SP/HT.
+        stripped of surrounding white space.
 
     Raises:
         SipParseError: 400 for bad framing, start line or header syntax; 505 for a SIP version
@@ -162,8 +178,16 @@ def parse_message(
     if first[:4] == "SIP/":
         return _response(first, headers, body)
     parts = first.split(" ")
-    if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] in _METHODS:
-        return Request(parts[0], parts[1], headers, body, "SIP/2.0")
+    if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] in METHODS:
+        # Request(parts[0], parts[1], headers, body) without the cost of the __init__ call.
+        req = _new(Request)
+        req._headers = headers
+        req.body = body
+        req._cache = {}
+        req.method = parts[0]
+        req.uri = parts[1]
+        req.version = "SIP/2.0"
+        return req
     return _request(first, headers, body)
 
 
@@ -251,19 +275,57 @@ def _response(line: str, headers: list[tuple[str, str, str]], body: bytes) -> Re
     return Response(int(code), reason, headers, body, _check_version(version))
 
 
-def _validate_common(msg: Message) -> None:
-    seen: set[str] = set()
-    for key, _, _ in msg._headers:
-        if key in SINGLE_VALUED:
-            if key in seen:
-                raise SipParseError(f"more than one {canonical_name(key)}")  # RFC 4475 §3.3.8
-            seen.add(key)
-    if not msg.vias:
+def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
+    """Checks shared by requests and responses; returns the message's view cache and its
+    Contact field lines. The parsed views go into the message's cache, so that ``msg.vias``,
+    ``msg.from_`` ... cost nothing afterwards."""
+    first: dict[str, str] = {}  # the value of the first field of each name
+    vias: list[str] = []
+    contacts: list[str] = []
+    for key, _, value in msg._headers:
+        if key == "via":
+            vias.append(value)
+        elif key == "contact":
+            contacts.append(value)
+        elif key not in first:
+            first[key] = value
+        elif key in SINGLE_VALUED:
+            raise SipParseError(f"more than one {canonical_name(key)}")  # RFC 4475 §3.3.8
+    cache = msg._cache
+    parsed = cache.get("via")
+    if parsed is None:
+        parsed = cache["via"] = parse_vias(vias)
+    if not parsed:
         raise SipParseError("missing Via")
-    msg.from_  # noqa: B018 - parse (raises SipParseError)
-    msg.to  # noqa: B018
-    msg.call_id  # noqa: B018
-    msg.cseq  # noqa: B018
+    # RFC 4475 §3.3.1: From, To, Call-ID and CSeq are required.
+    if "from" not in cache:
+        value = first.get("from")
+        if value is None:
+            raise SipParseError("missing From")
+        cache["from"] = parse_name_addr(value)
+    if "to" not in cache:
+        value = first.get("to")
+        if value is None:
+            raise SipParseError("missing To")
+        cache["to"] = parse_name_addr(value)
+    if "call-id" not in cache:
+        value = first.get("call-id")
+        if value is None:
+            raise SipParseError("missing Call-ID")
+        cache["call-id"] = check_call_id(value)
+    if "cseq" not in cache:
+        value = first.get("cseq")
+        if value is None:
+            raise SipParseError("missing CSeq")
+        cache["cseq"] = parse_cseq(value)
+    # Max-Forwards 0..255 (RFC 3261 §20.22), Expires < 2**32 (RFC 4475 §3.1.2.4).
+    if "max-forwards" not in cache:
+        value = first.get("max-forwards")
+        cache["max-forwards"] = None if value is None else parse_uint(value, 255, "Max-Forwards")
+    if "expires" not in cache:
+        value = first.get("expires")
+        cache["expires"] = None if value is None else parse_uint(value, 2**32 - 1, "Expires")
+    return cache, contacts
 
 
 def validate_request(req: Request) -> None:
@@ -278,28 +340,36 @@ def validate_request(req: Request) -> None:
     The Request-URI *scheme* is not checked here: that is the element's 416 decision, nor is
     the Contact ``*`` rule of RFC 3261 §10.3 step 6 (the registrar's).
 
+    Afterwards the typed views (``vias``, ``from_``, ``to``, ``call_id``, ``cseq``,
+    ``max_forwards``, ``expires``, ``contacts``, ``request_uri``) are parsed and cached.
+
     Raises:
         SipParseError: with status 400.
     """
-    _validate_common(req)
-    if req.cseq.method != req.method:
+    cache, contacts = _validate_common(req)
+    if cache["cseq"].method != req.method:
         raise SipParseError("CSeq method does not match the request method")
-    req.max_forwards  # noqa: B018
-    req.expires  # noqa: B018
-    if "contact" in req:
-        for contact in req.contacts:
-            if contact.params:
-                contact.expires  # noqa: B018
+    parsed = cache.get("contact")
+    if parsed is None:
+        parsed = cache["contact"] = parse_contacts(contacts)
+    for contact in parsed:
+        params = contact.params
+        if params:
+            if "expires" in params:
+                contact.expires  # noqa: B018 - parse (raises SipParseError)
+            if "q" in params:
                 contact.q  # noqa: B018
+            if "reg-id" in params:
                 contact.reg_id  # noqa: B018
     ruri = req.request_uri
-    if getattr(ruri, "headers", None):
+    if type(ruri) is SipUri and ruri.headers:
         raise SipParseError("headers are not allowed in a Request-URI")
 
 
 def validate_response(resp: Response) -> None:
     """Parse and check what a client transaction needs of a response (RFC 3261 §8.1.3, §18.1.2):
-    the same header checks as :func:`validate_request` for Via, From, To, Call-ID, CSeq.
+    the same header checks as :func:`validate_request` for Via, From, To, Call-ID, CSeq,
+    Max-Forwards and Expires.
 
     Raises:
         SipParseError: the response must be discarded.

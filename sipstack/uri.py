@@ -48,12 +48,14 @@ _TEL_NUMBER_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.
 # The common SIP URI: no escapes, no password, no IPv6 reference, no ?headers. Groups:
 # scheme, user, host, port, ";params" (see _fast_sip_uri). Also used inside <...> by
 # sipstack.headers.parse_name_addr.
+# Possessive quantifiers: the engine never backtracks (no character of a group can start the
+# next one), which keeps a match linear and cheap. The host is _HOSTNAME_RE's language.
 FAST_SIP_PATTERN = (
     r"([Ss][Ii][Pp][Ss]?):"
-    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?"
-    r"([A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?\.?)"
-    r"(?::([0-9]{1,5}))?"
-    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
+    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,]++)@)?"
+    r"([A-Za-z0-9][A-Za-z0-9\-.]*+(?<!-)(?<!-\.)(?<!\.\.))"
+    r"(?::([0-9]{1,5}+))?"
+    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++)?)*+)"
 )
 _FAST_SIP_RE = re.compile(FAST_SIP_PATTERN + r"\Z")
 
@@ -250,6 +252,7 @@ class AbsoluteUri:
 
 
 Uri = SipUri | TelUri | AbsoluteUri
+_new = object.__new__
 
 
 def _parse_params(text: str, what: str) -> dict[str, str | None]:
@@ -375,7 +378,28 @@ def parse_uri(text: str) -> Uri:
     """
     m = _FAST_SIP_RE.match(text)
     if m is not None:
-        return fast_sip_uri(*m.groups())
+        scheme, user, host, port, ptext = m.groups()
+        port_num = None
+        if port is not None:
+            port_num = int(port)
+            if port_num > 65535:
+                raise SipParseError(f"port out of range {port_num}")
+        params: dict[str, str | None] = {}
+        if ptext:
+            for item in ptext[1:].split(";"):
+                name, eq, value = item.partition("=")
+                params[name] = value if eq else None
+        # SipUri(scheme.lower(), user, None, host, port_num, params, []) without the cost of
+        # the dataclass __init__ call (the hot path of every parsed message).
+        uri = _new(SipUri)
+        uri.scheme = scheme.lower()
+        uri.user = user
+        uri.password = None
+        uri.host = host
+        uri.port = port_num
+        uri.params = params
+        uri.headers = []
+        return uri
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):
         raise SipParseError(f"not a URI: {text[:80]!r}")

@@ -111,7 +111,10 @@ def test_is_token() -> None:
         ),
         ('"unterminated, x', ['"unterminated, x']),
         ("<sip:open, x", ["<sip:open, x"]),
-        ("SIP/2.0/UDP a;branch=z9hG4bK1 , SIP/2.0/TCP b", ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/TCP b"]),
+        (
+            "SIP/2.0/UDP a;branch=z9hG4bK1 , SIP/2.0/TCP b",
+            ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/TCP b"],
+        ),
     ],
 )
 def test_split_commas(value: str, parts: list[str]) -> None:
@@ -146,7 +149,10 @@ def test_parse_params() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [";", ";;", ";tag=", ";tag=a b", "tag=a", "x;tag=a", ';x="open', ';x="a"b', ";a=<b>", ";a=b,c", ";a b"],
+    [
+        ";", ";;", ";tag=", ";tag=a b", "tag=a", "x;tag=a", ';x="open', ';x="a"b', ";a=<b>",
+        ";a=b,c", ";a b", ";a=b=c", ";a=b/c",
+    ],
 )
 def test_bad_params(text: str) -> None:
     with pytest.raises(SipParseError):
@@ -172,7 +178,8 @@ def test_parse_uint() -> None:
 
 def test_via_typical() -> None:
     via = parse_via("SIP/2.0/UDP pc33.atlanta.com:5066;branch=z9hG4bK776asdhds;rport")
-    assert via == Via("UDP", "pc33.atlanta.com", 5066, {"branch": "z9hG4bK776asdhds", "rport": None})
+    params = {"branch": "z9hG4bK776asdhds", "rport": None}
+    assert via == Via("UDP", "pc33.atlanta.com", 5066, params)
     assert via.branch == "z9hG4bK776asdhds"
     assert via.sent_by == "pc33.atlanta.com:5066"
     assert via.has_rport and via.rport is None
@@ -411,8 +418,10 @@ def test_cseq() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "1", "INVITE", "1 INVITE x", "-1 INVITE", "2147483648 INVITE", "36893488147419103232 INVITE",
-     "1 INV,ITE", "a INVITE"],
+    [
+        "", "1", "INVITE", "1 INVITE x", "-1 INVITE", "2147483648 INVITE",
+        "36893488147419103232 INVITE", "1 INV,ITE", "a INVITE", "1  INV ITE", "٣ INVITE",
+    ],
 )
 def test_bad_cseq(text: str) -> None:
     with pytest.raises(SipParseError):

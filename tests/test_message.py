@@ -211,7 +211,8 @@ def test_contact_lists_and_star() -> None:
     assert [c.display_name for c in contacts] == ["A, B", None, None]
     assert [c.expires for c in contacts] == [60, None, 0]
     assert [c.q for c in contacts] == [0.5, None, None]
-    star = parse_message(data.replace(b'"A, B" <sip:a@192.0.2.1>;q=0.5;expires=60, <sip:a@192.0.2.2>', b"*"))
+    listed = b'"A, B" <sip:a@192.0.2.1>;q=0.5;expires=60, <sip:a@192.0.2.2>'
+    star = parse_message(data.replace(listed, b"*"))
     assert isinstance(star, Request)
     assert star.contacts[0].wildcard
 
@@ -588,3 +589,40 @@ def test_make_response_keeps_an_existing_to_tag() -> None:
     no_tag = make_response(_req(), 100)
     assert no_tag.to.tag is None
     assert no_tag.reason == "Trying"
+
+
+# -------------------------------------------------------------------------- helpers, errors
+
+
+def test_helpers() -> None:
+    from sipstack.message import check_call_id, parse_contacts, parse_vias
+
+    assert check_call_id("a84b4c76e66710@pc33.atlanta.com") == "a84b4c76e66710@pc33.atlanta.com"
+    for bad in ("", "a b", "a,b", "a\x00b", "a\tb"):
+        with pytest.raises(SipParseError):
+            check_call_id(bad)
+    vias = parse_vias(["SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b", "SIP/2.0/TCP c"])
+    assert [v.host for v in vias] == ["a", "b", "c"]
+    assert parse_vias([]) == []
+    contacts = parse_contacts(['"x, y" <sip:a@b>, <sip:c@d>;q=0.1', "*"])
+    assert [c.wildcard for c in contacts] == [False, False, True]
+    assert contacts[0].display_name == "x, y"
+
+
+def test_cseq_is_an_immutable_named_tuple() -> None:
+    cseq = CSeq(7, "INVITE")
+    number, method = cseq
+    assert (number, method) == (7, "INVITE")
+    assert str(cseq) == "7 INVITE"
+    assert hash(cseq) == hash(CSeq(7, "INVITE"))
+    with pytest.raises(AttributeError):
+        cseq.number = 8  # type: ignore[misc]
+
+
+def test_sip_parse_error() -> None:
+    exc = SipParseError("bad\r\nthing\x00", 505)
+    assert exc.reason == "bad??thing?"
+    assert exc.status == 505
+    assert repr(exc) == "SipParseError('bad??thing?', status=505)"
+    assert isinstance(exc, ValueError)
+    assert SipParseError("x").status == 400

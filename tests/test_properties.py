@@ -351,22 +351,22 @@ def _seed_messages() -> list[bytes]:
     """Valid messages to mutate: a few typical ones and the valid RFC 4475 messages."""
     seeds = [
         (
-            "REGISTER sip:contoso.com SIP/2.0\r\n"
-            "Via: SIP/2.0/TLS 192.0.2.15:49152;branch=z9hG4bK776asdhds;rport\r\n"
-            "Max-Forwards: 70\r\nTo: \"Alice\" <sip:alice@contoso.com>\r\n"
-            "From: \"Alice\" <sip:alice@contoso.com>;tag=1928301774\r\n"
-            "Call-ID: a84b4c76e66710@pc33.contoso.com\r\nCSeq: 314159 REGISTER\r\n"
-            "Contact: <sip:alice@192.0.2.15:49152;transport=tls;ob>"
-            ';+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>";reg-id=1\r\n'
-            "Expires: 3600\r\nSupported: path, outbound\r\nContent-Length: 0\r\n\r\n"
-        ).encode(),
+            b"REGISTER sip:contoso.com SIP/2.0\r\n"
+            b"Via: SIP/2.0/TLS 192.0.2.15:49152;branch=z9hG4bK776asdhds;rport\r\n"
+            b"Max-Forwards: 70\r\nTo: \"Alice\" <sip:alice@contoso.com>\r\n"
+            b"From: \"Alice\" <sip:alice@contoso.com>;tag=1928301774\r\n"
+            b"Call-ID: a84b4c76e66710@pc33.contoso.com\r\nCSeq: 314159 REGISTER\r\n"
+            b"Contact: <sip:alice@192.0.2.15:49152;transport=tls;ob>"
+            b';+sip.instance="<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>";reg-id=1\r\n'
+            b"Expires: 3600\r\nSupported: path, outbound\r\nContent-Length: 0\r\n\r\n"
+        ),
         (
-            "SIP/2.0 200 OK\r\n"
-            "v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/TCP [2001:db8::1]:5070"
-            ";branch=z9hG4bK2;received=192.0.2.2\r\n"
-            "f: <sip:a@example.com>;tag=1\r\nt: <sip:b@example.com>;tag=2\r\n"
-            "i: x\r\nCSeq: 1 INVITE\r\nm: *\r\nl: 4\r\n\r\nbody"
-        ).encode(),
+            b"SIP/2.0 200 OK\r\n"
+            b"v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/TCP [2001:db8::1]:5070"
+            b";branch=z9hG4bK2;received=192.0.2.2\r\n"
+            b"f: <sip:a@example.com>;tag=1\r\nt: <sip:b@example.com>;tag=2\r\n"
+            b"i: x\r\nCSeq: 1 INVITE\r\nm: *\r\nl: 4\r\n\r\nbody"
+        ),
     ]
     corpus = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "rfc4475"
     if corpus.is_dir():
@@ -386,7 +386,8 @@ def mutated(draw: st.DrawFn, seeds: st.SearchStrategy[bytes]) -> bytes:
         op = draw(st.sampled_from(["insert", "delete", "replace"]))
         pos = draw(st.integers(0, max(len(data) - 1, 0)))
         if op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=3) | special.map(lambda b: bytes([b])))
+            one = special.map(lambda b: bytes([b]))
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=3) | one)
         elif op == "delete" and data:
             del data[pos : pos + draw(st.integers(1, 4))]
         elif data:
