@@ -233,7 +233,8 @@ class HeartbeatService:
                     self._send(sid, peer)
             # Sleep until the next interval, waking early for a timeout check.
             deadline = started + interval
-            timeout_at = self.membership.next_deadline()
+            # Frozen, nobody is timed out: waking for an overdue timeout would spin at 20 Hz.
+            timeout_at = None if self.frozen else self.membership.next_deadline()
             if timeout_at is not None:
                 deadline = min(deadline, max(timeout_at, self.clock() + 0.05))
             await asyncio.sleep(max(0.0, deadline - self.clock()))

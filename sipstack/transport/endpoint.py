@@ -353,7 +353,12 @@ class SipEndpoint:
     async def request(self, request: Request, flow: Flow) -> Response:
         """Send a request in a client transaction over ``flow`` and wait for its final
         response. A timeout (Timer B/F) gives a synthesised ``408``, a transport failure a
-        ``503`` (RFC 3261 §8.1.3.1). The request needs a top Via from :meth:`via_for`."""
+        ``503`` (RFC 3261 §8.1.3.1). The request needs a top Via from :meth:`via_for`.
+        A connection that has already closed is a transport failure at once (``503``), not
+        a wait for Timer F."""
+        if flow.closed:
+            self.stats["dropped"] += 1
+            return make_response(request, 503, "Flow Closed")
         txn, events = self.transactions.send_request(request, flow, flow.reliable, self._now())
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[txn] = future
