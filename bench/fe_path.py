@@ -12,23 +12,34 @@ Every request is distinct, like sipp's (fresh branch and Call-ID; REGISTER: a ne
 ``sip:user<N>@example.com`` per request), so no parsed view or binding is reused, and the
 transaction table grows as it does under sipp (UDP: 32 s of server transactions).
 
-Figures, in µs per request, best of ``--repeat`` runs of ``--number`` requests each:
+Figures, in µs per request, over ``--repeat`` runs of ``--number`` requests each:
 
-``cpu``
+``cpu`` (best run) and ``mean`` (all runs)
     :func:`time.process_time` over the run, divided by the request count: CPU of every
     thread of the process, so the location writer thread's SQLite work is included (the
     run ends with :meth:`LocationService.flush`, so that its writes land inside the run).
+    Garbage collection makes UDP runs uneven (a full collection lands in one run), so
+    compare UDP figures by ``mean``.
+``gc mean``
+    the part of ``mean`` spent in the cyclic garbage collector (:data:`gc.callbacks`).
 ``wall``
     :func:`time.perf_counter` over the run, divided by the request count.
 
 Command line::
 
     python bench/fe_path.py [register|options|all] [--transport tcp,udp] [--number 20000]
-                            [--repeat 5] [--batch 1] [--profile] [--no-persist] [--json]
+                            [--repeat 5] [--warmup N] [--rate R] [--batch 1] [--profile]
+                            [--no-persist] [--default-gc] [--json]
 
-``--batch N`` feeds N requests per ``data_received`` call (TCP pipelining; 1 = one request
-per read, as at a moderate rate). ``--profile`` runs one pass under :mod:`cProfile` and
-prints the top functions by own time. ``--no-persist`` keeps bindings in memory only.
+``--warmup N`` sets the requests of the unmeasured first run (default ``min(2000, number)``).
+``--rate R`` paces the measured runs at about R requests per second (an asyncio sleep after
+each: the CPU idles between requests as a server under sipp does and its caches go cold,
+which is closer to ``bench/cpu.py`` and slower to run). ``--batch N`` feeds N requests per
+``data_received`` call (TCP pipelining; 1 = one request per read, as at a moderate rate).
+``--profile`` runs one pass under :mod:`cProfile` and prints the top functions by own time.
+``--no-persist`` keeps bindings in memory only. The FE's garbage-collector tuning
+(``registrar.server.tune_gc``, as ``run_frontend`` applies it) is applied after start-up
+when it exists; ``--default-gc`` keeps CPython's defaults.
 Tests never assert on these figures (DESIGN.md §9).
 """
 
@@ -37,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import logging
 import platform
@@ -49,6 +61,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from registrar import server
 from registrar.register import RegistrarSettings
 from registrar.server import FrontEnd, FrontEndConfig
 from sipstack.transport.datagram import DatagramEndpoint
@@ -57,35 +70,53 @@ from sipstack.transport.stream import StreamConnection
 LOCAL = ("127.0.0.1", 5060)
 PEER = ("127.0.0.1", 40000)
 
-_REGISTER = (
+_REGISTER = (  # as tests/sipp/register_noauth.xml sends it (sipp 3.6)
     "REGISTER sip:example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/{T} 127.0.0.1:40000;branch=z9hG4bK-{run}-{n};rport\r\n"
+    "Via: SIP/2.0/{T} 127.0.0.1:40000;branch=z9hG4bK-{run}-{n}-0;rport\r\n"
     "Max-Forwards: 70\r\n"
     "To: <sip:user{run}x{n}@example.com>\r\n"
-    "From: <sip:user{run}x{n}@example.com>;tag=4242SIPpTag00{n}\r\n"
-    "Call-ID: {n}-4242@127.0.0.1\r\n"
+    "From: <sip:user{run}x{n}@example.com>;tag={run}SIPpTag00{n}\r\n"
+    "Call-ID: {n}-{run}@127.0.0.1\r\n"
     "CSeq: 1 REGISTER\r\n"
-    "Contact: <sip:user{run}x{n}@127.0.0.1:40000;transport={t}>\r\n"
+    "Contact: <sip:user{run}x{n}@127.0.0.1:40000;transport={T}>\r\n"
     "Expires: 3600\r\n"
     "User-Agent: sipp-bench\r\n"
     "Content-Length: 0\r\n"
     "\r\n"
 )
-_OPTIONS = (
+_OPTIONS = (  # as tests/sipp/options.xml sends it (sipp 3.6)
     "OPTIONS sip:service@127.0.0.1:5060 SIP/2.0\r\n"
-    "Via: SIP/2.0/{T} 127.0.0.1:40000;branch=z9hG4bK-{run}-{n};rport\r\n"
+    "Via: SIP/2.0/{T} 127.0.0.1:40000;branch=z9hG4bK-{run}-{n}-0;rport\r\n"
     "Max-Forwards: 70\r\n"
     "To: <sip:service@127.0.0.1:5060>\r\n"
-    "From: <sip:sipp@127.0.0.1:40000>;tag=4242SIPpTag00{n}\r\n"
-    "Call-ID: {n}-4242@127.0.0.1\r\n"
+    "From: <sip:sipp@127.0.0.1:40000>;tag={run}SIPpTag00{n}\r\n"
+    "Call-ID: {n}-{run}@127.0.0.1\r\n"
     "CSeq: 1 OPTIONS\r\n"
-    "Contact: <sip:sipp@127.0.0.1:40000;transport={t}>\r\n"
+    "Contact: <sip:sipp@127.0.0.1:40000;transport={T}>\r\n"
     "Accept: application/sdp\r\n"
     "User-Agent: sipp-bench\r\n"
     "Content-Length: 0\r\n"
     "\r\n"
 )
 TEMPLATES = {"register": _REGISTER, "options": _OPTIONS}
+
+
+class GcTimer:
+    """CPU seconds spent in the cyclic garbage collector (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._start
+
+
+GC = GcTimer()
 
 
 class FakeStreamTransport:
@@ -124,12 +155,10 @@ class FakeDatagramTransport(FakeStreamTransport):
 def make_requests(mode: str, transport: str, run: int, number: int) -> list[bytes]:
     template = TEMPLATES[mode]
     t = transport
-    return [
-        template.format(T=t.upper(), t=t, run=run, n=n).encode() for n in range(number)
-    ]
+    return [template.format(T=t.upper(), t=t, run=run, n=n).encode() for n in range(number)]
 
 
-async def _start(persist: bool, state: Path) -> FrontEnd:
+async def _start(persist: bool, state: Path, tune_gc: bool = True) -> FrontEnd:
     config = FrontEndConfig(
         listen=[],
         fqdn="fe.example.com",
@@ -140,12 +169,20 @@ async def _start(persist: bool, state: Path) -> FrontEnd:
     fe = FrontEnd(config)
     fe.policy.local_hosts.add("127.0.0.1")
     await fe.start()
+    if tune_gc and hasattr(server, "tune_gc"):
+        server.tune_gc()  # as run_frontend() does
     return fe
 
 
 async def _one_run(
-    fe: FrontEnd, mode: str, transport: str, run: int, number: int, batch: int,
+    fe: FrontEnd,
+    mode: str,
+    transport: str,
+    run: int,
+    number: int,
+    batch: int,
     profile: cProfile.Profile | None = None,
+    pace_s: float = 0.0,
 ) -> dict[str, float]:
     requests = make_requests(mode, transport, run, number)
     endpoint = fe.endpoint
@@ -167,11 +204,15 @@ async def _one_run(
     await asyncio.sleep(0)
     if profile is not None:
         profile.enable()
+    gc0 = GC.seconds
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
+    pace = pace_s
     for i, chunk in enumerate(chunks):
         feed(chunk)
-        if i & 255 == 255:
+        if pace:
+            await asyncio.sleep(pace)  # --rate: one request per tick, caches go cold between
+        elif i & 255 == 255:
             await asyncio.sleep(0)  # let call_soon work (e.g. uvloop write flushes) run
     await asyncio.sleep(0)
     if fe.location is not None:
@@ -186,6 +227,7 @@ async def _one_run(
     if transport != "udp":
         conn.connection_lost(None)
     return {
+        "gc_us": (GC.seconds - gc0) / number * 1e6,
         "cpu_us": cpu / number * 1e6,
         "wall_us": wall / number * 1e6,
         "writes_per_req": fake.writes / number,
@@ -201,15 +243,25 @@ async def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         for transport in args.transport.split(","):
             # A fresh FE per (mode, transport), as bench/cpu.py starts a fresh server.
             with tempfile.TemporaryDirectory(prefix="fe_path-") as tmp:
-                fe = await _start(not args.no_persist, Path(tmp) / "state")
+                fe = await _start(not args.no_persist, Path(tmp) / "state", not args.default_gc)
                 try:
                     runs = []
                     # warm-up (imports, caches)
-                    await _one_run(fe, mode, transport, run, min(2000, args.number), args.batch)
+                    warmup = min(2000, args.number) if args.warmup is None else args.warmup
+                    if warmup:
+                        await _one_run(fe, mode, transport, run, warmup, args.batch)
                     run += 1
                     for _ in range(args.repeat):
                         runs.append(
-                            await _one_run(fe, mode, transport, run, args.number, args.batch)
+                            await _one_run(
+                                fe,
+                                mode,
+                                transport,
+                                run,
+                                args.number,
+                                args.batch,
+                                pace_s=1.0 / args.rate if args.rate else 0.0,
+                            )
                         )
                         run += 1
                     best = min(runs, key=lambda r: r["cpu_us"])
@@ -219,7 +271,8 @@ async def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                             "transport": transport,
                             "cpu_us": best["cpu_us"],
                             "wall_us": min(r["wall_us"] for r in runs),
-                            "cpu_us_median": sorted(r["cpu_us"] for r in runs)[len(runs) // 2],
+                            "cpu_us_mean": sum(r["cpu_us"] for r in runs) / len(runs),
+                            "gc_us_mean": sum(r["gc_us"] for r in runs) / len(runs),
                             "writes_per_req": best["writes_per_req"],
                             "bytes_per_req": best["bytes_per_req"],
                         }
@@ -245,9 +298,12 @@ def main() -> int:
     parser.add_argument("--number", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-top", type=int, default=40)
     parser.add_argument("--no-persist", action="store_true")
+    parser.add_argument("--default-gc", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args()
@@ -261,12 +317,14 @@ def main() -> int:
     if args.json:
         print(json.dumps({"python": platform.python_version(), "results": results}, indent=1))
         return 0
-    print(f"{'mode':<9} {'transport':<9} {'cpu µs/req':>10} {'median':>8} {'wall µs':>8} "
-          f"{'writes/req':>10}")
+    print(
+        f"{'mode':<9} {'transport':<9} {'cpu µs/req':>10} {'mean':>8} {'gc mean':>8} "
+        f"{'wall µs':>8} {'writes/req':>10}"
+    )
     for r in results:
         print(
-            f"{r['mode']:<9} {r['transport']:<9} {r['cpu_us']:>10.1f} {r['cpu_us_median']:>8.1f} "
-            f"{r['wall_us']:>8.1f} {r['writes_per_req']:>10.2f}"
+            f"{r['mode']:<9} {r['transport']:<9} {r['cpu_us']:>10.1f} {r['cpu_us_mean']:>8.1f} "
+            f"{r['gc_us_mean']:>8.1f} {r['wall_us']:>8.1f} {r['writes_per_req']:>10.2f}"
         )
     return 0
 

@@ -72,24 +72,26 @@ def inspect_request(req: Request, policy: InspectionPolicy) -> Response | None:
     ``req`` must have passed :func:`sipstack.parser.validate_request`.
     """
     uri = req.request_uri
-    if not isinstance(uri, SipUri):
-        resp = make_response(req, 416)
-        return resp
+    if type(uri) is not SipUri and not isinstance(uri, SipUri):
+        return make_response(req, 416)
     method = req.method
-    mf = req.max_forwards
-    if mf == 0 and not policy.is_local(req) and method != "ACK":
+    if req.max_forwards == 0 and not policy.is_local(req) and method != "ACK":
         return make_response(req, 483)
     if method not in ("ACK", "CANCEL"):
-        unsupported = [
-            tag
-            for name in ("proxy-require", "require")
-            for tag in req.tokens(name)
-            if tag.lower() not in policy.supported
-        ]
-        if unsupported:
-            resp = make_response(req, 420)
-            resp.add("Unsupported", ", ".join(dict.fromkeys(unsupported)))
-            return resp
+        # Most requests have neither header: one pass over the names before building lists.
+        for key, _, _ in req.headers:
+            if key == "require" or key == "proxy-require":
+                unsupported = [
+                    tag
+                    for name in ("proxy-require", "require")
+                    for tag in req.tokens(name)
+                    if tag.lower() not in policy.supported
+                ]
+                if unsupported:
+                    resp = make_response(req, 420)
+                    resp.add("Unsupported", ", ".join(dict.fromkeys(unsupported)))
+                    return resp
+                break
         if req.body:
             ctype = req.content_type
             if ctype is not None and ctype not in UNDERSTOOD_BODIES:

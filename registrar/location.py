@@ -175,6 +175,8 @@ def contact_key(uri: str) -> str:
     m = _CONTACT_RE.match(uri)
     if m is None:
         return uri
+    if uri[: m.end()].islower():  # upper case only after the host (";transport=TCP")
+        return uri
     scheme, userinfo, host = m.group(1, 2, 3)
     if scheme == scheme.lower() and host == host.lower():
         return uri

@@ -29,6 +29,7 @@ current bindings.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import time
@@ -56,6 +57,15 @@ from .users import UserDirectory
 __all__ = ["RegisterService", "RegistrarSettings"]
 
 log = logging.getLogger("registrar.register")
+
+# _update builds bindings with positional arguments (a third of the cost of keywords, on the
+# path of every REGISTER); this guards against a change of the field order in location.py.
+_BINDING_FIELDS = (
+    "aor", "contact", "expires_at", "call_id", "cseq", "q", "instance_id", "reg_id", "flow_id",
+    "source", "path", "user_agent", "backup", "registered_at",
+)  # fmt: skip
+if tuple(f.name for f in dataclasses.fields(Binding)) != _BINDING_FIELDS:
+    raise ImportError("registrar.register: Binding fields changed; update RegisterService._update")
 
 
 @dataclass(slots=True)
@@ -151,26 +161,36 @@ class RegisterService:
     def __call__(self, req: Request, flow: Flow) -> Response:
         """Handle one REGISTER (a :data:`registrar.server.Service`)."""
         ruri = req.request_uri
-        if not isinstance(ruri, SipUri) or ruri.host.lower() not in self.domains:
+        domains = self.domains
+        if not isinstance(ruri, SipUri) or ruri.host.lower() not in domains:
             return make_response(req, 404, "Domain Not Served Here")
-        to = req.to
-        if not isinstance(to.uri, SipUri) or to.uri.host.lower() not in self.domains:
+        to_uri = req.to.uri
+        if not isinstance(to_uri, SipUri):
             return make_response(req, 404, "Not Found")
-        aor = to.uri.aor()
-        if to.uri.scheme == "sips":
+        realm = to_uri.host.lower()
+        if realm not in domains:
+            return make_response(req, 404, "Not Found")
+        aor = to_uri.aor()
+        if to_uri.scheme == "sips":
             aor = "sip:" + aor[5:]
-        realm = to.uri.host.lower()
         router = self.router
+        backup_of: str | None = None
         if router is not None:
-            redirect = router.route(req, aor, flow.transport)
+            decide = getattr(router, "route_register", None)
+            if decide is not None:  # one pool decision for the redirect and the backup mode
+                redirect, backup_of = decide(req, aor, flow.transport)
+            else:
+                redirect = router.route(req, aor, flow.transport)
+                if redirect is None:
+                    backup_of = router.backup_primary(aor)
             if redirect is not None:
-                return redirect
+                return redirect  # type: ignore[no-any-return]
         now = self.clock()
         if self.settings.auth != "off":
             denied = self.authenticate(req, flow, aor, realm, now)
             if denied is not None:
                 return denied
-        return self._update(req, flow, aor, now)
+        return self._update(req, flow, aor, now, backup_of)
 
     # ------------------------------------------------------------------ authentication
     def authenticate(
@@ -238,132 +258,187 @@ class RegisterService:
         return resp
 
     # ---------------------------------------------------------------------- bindings
-    def _update(self, req: Request, flow: Flow, aor: str, now: float) -> Response:
+    def _update(
+        self, req: Request, flow: Flow, aor: str, now: float, backup_of: str | None = None
+    ) -> Response:
+        """Steps 6-8 for an authorised REGISTER; ``backup_of`` is the primary FE's FQDN when
+        this FE serves ``aor`` in pool backup mode (from the router), else ``None``."""
         settings = self.settings
-        contacts = req.contacts if "contact" in req else []
+        present = {h[0] for h in req.headers}  # header names, for presence tests
+        contacts = req.contacts if "contact" in present else []
         call_id = req.call_id
         cseq = req.cseq.number
         location = self.location
-        if contacts and any(c.wildcard for c in contacts):
-            if len(contacts) != 1 or req.expires != 0:
-                return make_response(req, 400, "Wildcard Needs Expires 0 Alone")
-            for binding in location.lookup(aor):
-                if binding.call_id == call_id and cseq <= binding.cseq:
-                    return make_response(req, 400, "CSeq Out Of Order")
-            location.remove_aor(aor, reason="unregistered")
-            log.info("%s: all bindings removed (wildcard)", aor)
-            return self._ok(req, aor, now, outbound=False)
+        for contact in contacts:
+            if contact.wildcard:
+                return self._unregister_all(req, aor, now, contacts, call_id, cseq, backup_of)
 
-        supported = {t.lower() for t in req.tokens("supported")} if "supported" in req else set()
-        outbound = "outbound" in supported
+        if "supported" in present:
+            supported = {t.lower() for t in req.tokens("supported")}
+            outbound = "outbound" in supported
+        else:
+            supported = set()
+            outbound = False
         header_expires = req.expires
         max_expires = settings.max_expires
-        backup_of = self.router.backup_primary(aor) if self.router is not None else None
         if backup_of is not None:
             max_expires = min(max_expires, self.router.backup_max_expires)
-        changes: list[tuple[str, NameAddr, int]] = []
+        min_expires = settings.min_expires
+        changes: list[tuple[str, NameAddr, int, str]] = []
         for contact in contacts:
-            value = contact.params.get("expires")
+            params = contact.params
+            value = params.get("expires") if params else None
             if value is not None:
                 expires = int(value)
             elif header_expires is not None:
                 expires = header_expires
             else:
                 expires = settings.default_expires
-            if 0 < expires < settings.min_expires:
+            if 0 < expires < min_expires:
                 resp = make_response(req, 423)
-                resp.headers.insert(-1, ("min-expires", "Min-Expires", str(settings.min_expires)))
+                resp.headers.insert(-1, ("min-expires", "Min-Expires", str(min_expires)))
                 return resp
-            expires = min(expires, max_expires)
-            changes.append((self._key(contact, outbound), contact, expires))
+            if expires > max_expires:
+                expires = max_expires
+            uri = str(contact.uri)
+            changes.append((self._key(contact, outbound, uri), contact, expires, uri))
 
         # Validate the whole request before changing anything (RFC 3261 §10.3: all or nothing).
-        existing = {b.key: b for b in location.lookup(aor)}
-        for key, _, _ in changes:
-            old = existing.get(key)
-            if old is not None and old.call_id == call_id and cseq <= old.cseq:
-                return make_response(req, 400, "CSeq Out Of Order")
-        after = set(existing)
-        for key, _, expires in changes:
-            if expires == 0:
-                after.discard(key)
-            else:
-                after.add(key)
-        if len(after) > settings.max_contacts:
-            return make_response(req, 403, f"Too Many Contacts (limit {settings.max_contacts})")
-
-        if changes:
-            path = tuple(req.values("path")) if "path" in req else ()
-            user_agent = req.get("user-agent")
-            source = f"{flow.transport}:{flow.remote[0]}:{flow.remote[1]}"
-            flow_id = flow.id if flow.reliable else None
-            used_outbound = False
-            for key, contact, expires in changes:
+        current = location.lookup(aor)
+        existing = {b.key: b for b in current} if current else {}
+        if existing:
+            for key, _, _, _ in changes:
                 old = existing.get(key)
+                if old is not None and old.call_id == call_id and cseq <= old.cseq:
+                    return make_response(req, 400, "CSeq Out Of Order")
+        if len(existing) + len(changes) > settings.max_contacts:
+            after = set(existing)
+            for key, _, expires, _ in changes:
                 if expires == 0:
-                    if old is not None:
-                        location.remove(aor, key, reason="unregistered")
-                    continue
-                instance = _unquote(contact.params.get("+sip.instance"))
-                reg_id = contact.params.get("reg-id")
+                    after.discard(key)
+                else:
+                    after.add(key)
+            if len(after) > settings.max_contacts:
+                return make_response(
+                    req, 403, f"Too Many Contacts (limit {settings.max_contacts})"
+                )
+
+        if not changes:
+            return self._ok(req, aor, now, outbound=False, backup_of=backup_of)
+        path = tuple(req.values("path")) if "path" in present else ()
+        user_agent = req.get("user-agent") if "user-agent" in present else None
+        remote = flow.remote
+        source = f"{flow.transport}:{remote[0]}:{remote[1]}"
+        flow_id = flow.id if flow.transport != "udp" else None
+        backup = backup_of is not None
+        used_outbound = False
+        for key, contact, expires, uri in changes:
+            old = existing.get(key) if existing else None
+            if expires == 0:
+                if old is not None:
+                    location.remove(aor, key, reason="unregistered")
+                continue
+            params = contact.params
+            if params:
+                instance = _unquote(params.get("+sip.instance"))
+                reg_id = params.get("reg-id")
                 reg_id_num = int(reg_id) if reg_id is not None and reg_id.isdigit() else None
                 if outbound and instance is not None and reg_id_num is not None:
                     used_outbound = True
-                q_text = contact.params.get("q")
+                q_text = params.get("q")
                 try:
                     q = float(q_text) if q_text is not None else None
                 except ValueError:
                     return make_response(req, 400, "Bad q Value")
-                binding = Binding(
-                    aor=aor,
-                    contact=str(contact.uri),
-                    expires_at=now + expires,
-                    call_id=call_id,
-                    cseq=cseq,
-                    q=q,
-                    instance_id=instance,
-                    reg_id=reg_id_num,
-                    flow_id=flow_id,
-                    source=source,
-                    path=path,
-                    user_agent=user_agent,
-                    backup=backup_of is not None,
-                    registered_at=old.registered_at if old is not None else now,
-                )
-                if old is None:
-                    reason = "created"
-                elif old.expires_at > binding.expires_at:
-                    reason = "shortened"
-                else:
-                    reason = "refreshed" if old.contact == binding.contact else "replaced"
-                location.put(binding, reason=reason)
-            self.stats["registered"] += 1
-            if backup_of is not None:
-                self.stats["backup"] += 1
-            return self._ok(
-                req, aor, now, outbound=used_outbound, path=path if "path" in supported else ()
+            else:
+                instance = reg_id_num = q = None
+            expires_at = now + expires
+            binding = Binding(
+                aor,
+                uri,
+                expires_at,
+                call_id,
+                cseq,
+                q,
+                instance,
+                reg_id_num,
+                flow_id,
+                source,
+                path,
+                user_agent,
+                backup,
+                old.registered_at if old is not None else now,
             )
-        return self._ok(req, aor, now, outbound=False)
+            if old is None:
+                reason = "created"
+            elif old.expires_at > expires_at:
+                reason = "shortened"
+            else:
+                reason = "refreshed" if old.contact == uri else "replaced"
+            location.put(binding, reason=reason)
+        stats = self.stats
+        stats["registered"] += 1
+        if backup:
+            stats["backup"] += 1
+        return self._ok(
+            req,
+            aor,
+            now,
+            outbound=used_outbound,
+            path=path if "path" in supported else (),
+            backup_of=backup_of,
+        )
+
+    def _unregister_all(
+        self,
+        req: Request,
+        aor: str,
+        now: float,
+        contacts: list[NameAddr],
+        call_id: str,
+        cseq: int,
+        backup_of: str | None,
+    ) -> Response:
+        """``Contact: *`` (RFC 3261 §10.3 step 6): only alone and with ``Expires: 0``."""
+        if len(contacts) != 1 or req.expires != 0:
+            return make_response(req, 400, "Wildcard Needs Expires 0 Alone")
+        location = self.location
+        for binding in location.lookup(aor):
+            if binding.call_id == call_id and cseq <= binding.cseq:
+                return make_response(req, 400, "CSeq Out Of Order")
+        location.remove_aor(aor, reason="unregistered")
+        log.info("%s: all bindings removed (wildcard)", aor)
+        return self._ok(req, aor, now, outbound=False, backup_of=backup_of)
 
     @staticmethod
-    def _key(contact: NameAddr, outbound: bool) -> str:
-        """The key :attr:`Binding.key` will have for this contact (same rules)."""
-        instance = _unquote(contact.params.get("+sip.instance"))
+    def _key(contact: NameAddr, outbound: bool, uri: str | None = None) -> str:
+        """The key :attr:`Binding.key` will have for this contact (same rules); ``uri`` is
+        ``str(contact.uri)`` when the caller has it already."""
+        params = contact.params
+        instance = _unquote(params.get("+sip.instance")) if params else None
         if instance is None:
-            return contact_key(str(contact.uri))
-        reg_id = contact.params.get("reg-id")
+            return contact_key(str(contact.uri) if uri is None else uri)
+        reg_id = params.get("reg-id")
         if reg_id is None or not reg_id.isdigit():
             return instance
         return f"{instance};{int(reg_id)}"
 
     def _ok(
-        self, req: Request, aor: str, now: float, *, outbound: bool, path: tuple[str, ...] = ()
+        self,
+        req: Request,
+        aor: str,
+        now: float,
+        *,
+        outbound: bool,
+        path: tuple[str, ...] = (),
+        backup_of: str | None = None,
     ) -> Response:
         resp = make_response(req, 200, to_tag=_to_tag(req))
         headers = resp.headers
         cl = headers.pop()
         for binding in self.location.lookup(aor):
-            params = f";expires={binding.remaining(now)}"
+            left = binding.expires_at - now
+            params = f";expires={int(left) if left > 0 else 0}"
             if binding.q is not None:
                 params += f";q={binding.q:g}"
             if binding.instance_id is not None:
@@ -376,8 +451,7 @@ class RegisterService:
         if outbound:
             headers.append(("require", "Require", "outbound"))
         if self.router is not None:
-            primary = self.router.backup_primary(aor)
-            mode = "primary" if primary is None else f'backup;primary="{primary}"'
+            mode = "primary" if backup_of is None else f'backup;primary="{backup_of}"'
             headers.append(("x-registrar-mode", "X-Registrar-Mode", mode))
         headers.append(("supported", "Supported", "path, outbound"))
         headers.append(("date", "Date", _http_date(now)))
@@ -406,5 +480,6 @@ def _http_date(now: float) -> str:
 
 
 def _to_tag(req: Request) -> str:
+    """A To tag derived from the request: retransmissions get the same tag (RFC 3261 §8.2.6.2)."""
     branch = req.top_via.branch or req.call_id
-    return format(abs(hash((branch, req.cseq.number, "reg"))) & 0xFFFFFFFF, "08x")
+    return "%08x" % (hash((branch, req.cseq.number, "reg")) & 0xFFFFFFFF)

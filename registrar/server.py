@@ -113,26 +113,32 @@ class Dispatcher:
         self.policy = policy
         self.server_header = server_header
         self.heartbeats: Any = None
+        self._allow: tuple[int, str] = (-1, "")  # (len(services) it was built for, value)
         self.register("OPTIONS", self._options)
 
     def register(self, method: str, service: Service) -> None:
         """Serve ``method`` with ``service`` (replaces an earlier one)."""
         self.services[method] = service
+        self._allow = (-1, "")
 
     @property
     def allow(self) -> str:
         """The ``Allow`` header value: every method with a service, plus ACK/CANCEL."""
-        return ", ".join(sorted(set(self.services) | {"ACK", "CANCEL"}))
+        count, value = self._allow
+        if count != len(self.services):  # built again after register() (or a direct edit)
+            value = ", ".join(sorted(set(self.services) | {"ACK", "CANCEL"}))
+            self._allow = (len(self.services), value)
+        return value
 
     def handle_request(self, request: Request, flow: Flow) -> Response | None:
         """Inspect, then dispatch. ACK never gets a response (RFC 3261 §17.2.1)."""
         error = inspect_request(request, self.policy)
+        method = request.method
         if error is not None:
-            return None if request.method == "ACK" else error
-        service = self.services.get(request.method)
+            return None if method == "ACK" else error
+        service = self.services.get(method)
         if service is not None:
             return service(request, flow)
-        method = request.method
         if method == "ACK":
             return None  # an ACK outside any transaction we know: absorb (§17.2.3)
         if method == "CANCEL":
@@ -173,7 +179,7 @@ _SUPPORTED = "path, outbound"
 def _tag(request: Request) -> str:
     """A To tag derived from the request: retransmissions get the same tag (RFC 3261 §8.2.6.2)."""
     branch = request.top_via.branch or request.call_id
-    return format(abs(hash((branch, request.cseq.number))) & 0xFFFFFFFF, "08x")
+    return "%08x" % (hash((branch, request.cseq.number)) & 0xFFFFFFFF)
 
 
 class FrontEnd:

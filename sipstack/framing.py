@@ -319,6 +319,22 @@ class StreamFramer:
         buf: bytes | bytearray
         own = self._buf
         had_buffered = bool(own)
+        if not had_buffered and state == _IDLE and type(data) is bytes and data[0] != _CR:
+            # Fast path for the usual read: exactly one whole message. The same checks as
+            # _run(); anything else (several or partial messages, a limit hit, keep-alives)
+            # takes the general path below.
+            end = data.find(b"\r\n\r\n")
+            if end > 0:
+                limits = self._limits
+                # (the error results of _content_length are negative: never equal below)
+                if (
+                    len(data) <= limits.max_message_size
+                    and end <= limits.max_line_length
+                    and end // 3 <= limits.max_headers
+                    and end + 4 + _content_length(data, 0, end) == len(data)
+                ):
+                    self._pending_since = None
+                    return [MessageBytes(data)]
         if had_buffered:
             own += data
             buf = own

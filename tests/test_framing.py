@@ -235,6 +235,14 @@ def test_message_of_exactly_max_size_is_accepted() -> None:
     assert StreamFramer(limits).feed(msg + b"x", 0.0)[0] == MessageBytes(msg)
 
 
+def test_whole_message_over_limit_in_one_chunk_is_513() -> None:
+    """The one-message-per-read fast path applies the same limit as the general path."""
+    msg = sip("l: 10", body=b"b" * 10)
+    (event,) = StreamFramer(FramingLimits(max_message_size=len(msg) - 1)).feed(msg, 0.0)
+    assert isinstance(event, FramingError)
+    assert event.status == 513
+
+
 def test_content_length_over_limit_is_513_before_the_body_arrives() -> None:
     framer = StreamFramer(FramingLimits(max_message_size=1000))
     (event,) = framer.feed(sip("Content-Length: 1000"), 0.0)

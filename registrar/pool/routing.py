@@ -159,10 +159,26 @@ class PoolRouter:
     # ------------------------------------------------- the RegisterService router hooks
     def route(self, req: Request, aor: str, transport: str) -> Response | None:
         """``None`` to process here; else the ``301``/``503`` response (no state changes)."""
+        return self.route_register(req, aor, transport)[0]
+
+    def route_register(
+        self, req: Request, aor: str, transport: str
+    ) -> tuple[Response | None, str | None]:
+        """:meth:`route` and :meth:`backup_primary` from one :meth:`decide`: ``(None,
+        None)`` to process here as the primary, ``(None, primary FQDN)`` to process here in
+        backup mode, else ``(the 301/503 response, None)``. The REGISTER service calls this
+        once per request instead of deciding three times."""
         decision = self.decide(aor)
         kind = decision.kind
-        if kind == "local" or kind == "backup":
-            return None
+        if kind == "local":
+            return None, None
+        if kind == "backup":
+            return None, decision.primary.fqdn if decision.primary is not None else ""
+        return self._refuse(req, decision, transport), None
+
+    def _refuse(self, req: Request, decision: RouteDecision, transport: str) -> Response:
+        """The ``301``/``503`` response for a decision that is neither local nor backup."""
+        kind = decision.kind
         if kind == "redirect":
             self.stats["redirected"] += 1
             resp = make_response(req, 301)

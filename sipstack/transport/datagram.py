@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from .flows import Address, Flow
 from .stream import FlowSink
@@ -17,10 +18,15 @@ __all__ = ["DatagramEndpoint"]
 
 log = logging.getLogger("sipstack.transport")
 
+_MAX_FLOWS = 4096
+"""Peers whose flow is kept for reuse (the cache is emptied when full)."""
+
 
 class DatagramEndpoint(asyncio.DatagramProtocol):
-    """One UDP socket. Flows are (socket, remote address) pairs, made per datagram and not
-    stored (UDP has no connection to reuse).
+    """One UDP socket. A flow is a (socket, remote address) pair (RFC 5626 §3): the flow of a
+    peer is made at its first datagram and reused for the next ones (UDP has no connection;
+    the most recent :data:`_MAX_FLOWS` peers are remembered, so that a busy peer costs no
+    allocation per datagram).
 
     Args:
         sink: receives messages (it enforces the size limit).
@@ -30,6 +36,7 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
         self._sink = sink
         self._transport: asyncio.DatagramTransport | None = None
         self.local: Address = ("0.0.0.0", 0)
+        self._flows: dict[Address, Flow] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -37,20 +44,28 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
         self.local = (sock[0], sock[1])
 
     def flow_to(self, addr: Address) -> Flow:
-        """A flow from this socket to ``addr`` (for sending requests or responses)."""
+        """The flow from this socket to ``addr`` (for sending requests or responses)."""
+        assert self._transport is not None
+        flows = self._flows
+        flow = flows.get(addr)
+        if flow is None:
+            if len(flows) >= _MAX_FLOWS:
+                flows.clear()
+            flow = flows[addr] = Flow(
+                "udp", self.local, addr, partial(self._send, addr), _noop, origin=self
+            )
+        return flow
+
+    def _send(self, addr: Address, data: bytes) -> None:
         transport = self._transport
-        assert transport is not None
-
-        def send(data: bytes) -> None:
-            if not transport.is_closing():
-                transport.sendto(data, addr)
-
-        return Flow("udp", self.local, addr, send, _noop, origin=self)
+        if transport is not None and not transport.is_closing():
+            transport.sendto(data, addr)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        if not data.strip(b"\r\n"):
-            return  # keep-alive
-        self._sink.on_message(data, self.flow_to((addr[0], addr[1])))
+        if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
+            return  # keep-alive (or empty)
+        flow = self._flows.get(addr)  # (host, port); flow_to() for the rest (IPv6: 4-tuple)
+        self._sink.on_message(data, flow if flow is not None else self.flow_to(addr[:2]))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error on %s:%s: %s", *self.local, exc)

@@ -411,6 +411,7 @@ class SipEndpoint:
                     parts = split_commas(value) if "," in value else [value]
                     parts[0] = str(via)
                     headers[i] = (key, name, ", ".join(parts))
+                    flow.reply_via = None
                 break
 
     def _answer_error(self, req: Request, flow: Flow, exc: SipParseError) -> None:
