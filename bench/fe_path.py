@@ -8,9 +8,11 @@ write``, driven exactly as asyncio drives it: a real :class:`registrar.server.Fr
 location store's SQLite write-behind thread), a :class:`StreamConnection` or
 :class:`DatagramEndpoint` given a fake asyncio transport that only counts the bytes written.
 
-Every request is distinct, like sipp's (fresh branch and Call-ID; REGISTER: a new AOR
-``sip:user<N>@example.com`` per request), so no parsed view or binding is reused, and the
-transaction table grows as it does under sipp (UDP: 32 s of server transactions).
+The requests are those of ``tests/sipp/options.xml`` and ``register_noauth.xml`` as sipp 3.6
+sends them (same headers, same spelling, ``transport=TCP`` in upper case ...), each one
+distinct (fresh branch and Call-ID; REGISTER: a new AOR ``sip:user<run>x<N>@example.com``),
+so no parsed view or binding is reused, and the transaction table grows as it does under
+sipp (UDP: 32 s of server transactions).
 
 Figures, in µs per request, over ``--repeat`` runs of ``--number`` requests each:
 
@@ -34,7 +36,8 @@ Command line::
 ``--warmup N`` sets the requests of the unmeasured first run (default ``min(2000, number)``).
 ``--rate R`` paces the measured runs at about R requests per second (an asyncio sleep after
 each: the CPU idles between requests as a server under sipp does and its caches go cold,
-which is closer to ``bench/cpu.py`` and slower to run). ``--batch N`` feeds N requests per
+which is closer to ``bench/cpu.py`` and slower to run; the figures then include the event
+loop's own cost of each sleep and wake-up, tens of µs on a VM). ``--batch N`` feeds N requests per
 ``data_received`` call (TCP pipelining; 1 = one request per read, as at a moderate rate).
 ``--profile`` runs one pass under :mod:`cProfile` and prints the top functions by own time.
 ``--no-persist`` keeps bindings in memory only. The FE's garbage-collector tuning
