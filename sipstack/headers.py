@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import SipParseError
-from .uri import FAST_SIP_PATTERN, SipUri, Uri, parse_uri
+from .uri import FAST_SIP_PATTERN, SipUri, Uri, fast_sip_uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -581,17 +581,7 @@ def parse_name_addr(value: str) -> NameAddr:
     if m is None:
         return _parse_name_addr_slow(value)
     quoted, tokens, scheme, user, host, port, uri_params, tag, rest = m.groups()
-    # The SipUri, as sipstack.uri.fast_sip_uri() builds it (inlined: this is the hot path).
-    port_num = None
-    if port is not None:
-        port_num = int(port)
-        if port_num > 65535:
-            raise SipParseError(f"port out of range {port_num}")
-    uparams: dict[str, str | None] = {}
-    if uri_params:
-        for item in uri_params[1:].split(";"):
-            name, eq, pvalue = item.partition("=")
-            uparams[name] = pvalue if eq else None
+    uri = fast_sip_uri(scheme, user, host, port, uri_params or "")
     params: dict[str, str | None] = {"tag": tag} if tag is not None else {}
     if rest:
         total = 0
@@ -600,15 +590,7 @@ def parse_name_addr(value: str) -> NameAddr:
             params[pname.lower()] = pvalue or None
         if total != len(rest):
             return _parse_name_addr_slow(value)
-    # SipUri(...) and NameAddr(...) without the cost of the dataclass __init__ calls.
-    uri = _new(SipUri)
-    uri.scheme = scheme.lower()
-    uri.user = user
-    uri.password = None
-    uri.host = host
-    uri.port = port_num
-    uri.params = uparams
-    uri.headers = []
+    # NameAddr(...) without the cost of the dataclass __init__ call.
     na = _new(NameAddr)
     na.uri = uri
     if quoted is not None:
