@@ -47,12 +47,13 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 Transport = Literal["tcp", "udp"]
+Say = Callable[[str], None]
 
 REPO = Path(__file__).resolve().parent.parent
 SIPP_DIR = REPO / "tests" / "sipp"
@@ -100,10 +101,15 @@ MODES: dict[str, Mode] = {
 }
 
 
+def registrar_exe() -> str:
+    """The ``registrar`` command of the checkout's ``.venv``, else ``registrar`` on PATH."""
+    exe = VENV_BIN / "registrar"
+    return str(exe) if exe.exists() else "registrar"
+
+
 def ours_command() -> list[str]:
     """Command line of our FE (placeholders ``{host}``, ``{port}``; see :func:`measure`)."""
-    registrar = VENV_BIN / "registrar"
-    exe = str(registrar) if registrar.exists() else "registrar"
+    exe = registrar_exe()
     return [exe, "serve", "--listen", "tcp:{host}:{port}", "--listen", "udp:{host}:{port}"]
 
 
@@ -335,7 +341,146 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = STOP_TIME
         os.killpg(pgid, signal.SIGKILL)
 
 
+@dataclass
+class Server:
+    """One server process (own process group, output to ``rundir/server.log``)."""
+
+    name: str
+    argv: list[str]
+    rundir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, host: str, port: int, say: Say) -> float:
+        """Start it and poll OPTIONS (UDP and TCP) until it answers; returns the seconds.
+
+        Raises:
+            BenchError: it cannot be started, exits, or does not answer within
+                :data:`READY_TIMEOUT` (with the end of its output).
+        """
+        say(f"starting: {shlex.join(self.argv)}")
+        log = self.rundir / "server.log"
+        with log.open("wb") as fh:
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    cwd=self.rundir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BenchError(f"cannot start: {exc}") from exc
+        try:
+            return wait_ready(host, port, ("udp", "tcp"), self.alive)
+        except BenchError as exc:
+            raise BenchError(f"{exc}; server output:\n{self.log_tail()}") from exc
+
+    def log_tail(self, lines: int = 15) -> str:
+        return _tail(self.rundir / "server.log", lines)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc)
+
+
+@contextlib.contextmanager
+def serving(
+    server: Server, result: dict[str, Any], say: Say, failed: str = "FAILED"
+) -> Iterator[Server]:
+    """Run the ``with`` body on ``server``; then stop it and remove its ``rundir``.
+
+    A :class:`BenchError` in the body ends it without propagating: the message becomes
+    ``result["error"]`` and is said as ``"<failed>: <message>"``.
+    """
+    try:
+        yield server
+    except BenchError as exc:
+        result["error"] = str(exc)
+        say(f"{failed}: {exc}")
+    finally:
+        server.stop()
+        shutil.rmtree(server.rundir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- sipp
+
+
+def sipp_executable() -> str:
+    """The path of ``sipp``. Raises :class:`BenchError` when it is not installed."""
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        raise BenchError("sipp not found (apt-get install sip-tester)")
+    return sipp
+
+
+def run_sipp_process(
+    cmd: Sequence[str], workdir: Path, out_file: Path, timeout: float
+) -> tuple[int, float, float, str]:
+    """Run the sipp command line ``cmd`` in ``workdir`` with its stdout and stderr in
+    ``out_file``, and reap it.
+
+    Returns:
+        ``(exit status, sipp's CPU seconds, wall seconds, its output text)``.
+
+    Raises:
+        BenchError: it did not end within ``timeout + 30`` seconds (``timeout`` is sipp's
+            own global timeout); it is killed then.
+    """
+    t0 = time.monotonic()
+    with out_file.open("wb") as fh:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
+        )
+    reaped = _wait4(proc.pid, timeout + 30)
+    if reaped is None:
+        proc.kill()
+        proc.wait()
+        raise BenchError(f"sipp did not finish within {timeout + 30:.0f}s")
+    proc.returncode = reaped[0]
+    wall = time.monotonic() - t0
+    return reaped[0], reaped[1], wall, out_file.read_text(errors="replace")
+
+
+def sipp_outcome(
+    row: dict[str, str] | None, text: str, err_file: Path, out_file: Path, returncode: int
+) -> tuple[int, int, int, dict[str, int], str]:
+    """What an ended sipp run achieved: ``(ok, failed, created, counters, errors)``.
+
+    The counts come from ``row`` (the last row of its ``-trace_stat`` CSV; ``counters`` holds
+    its non-zero cumulative ``(C)`` columns), else from the last statistics screen in its
+    output ``text``; ``errors`` is :func:`_summarize_errors` of ``text`` and ``err_file``.
+
+    Raises:
+        BenchError: neither tells the counts (the message names ``returncode`` and the errors,
+            else the end of ``out_file``).
+    """
+    counters: dict[str, int] = {}
+    if row is not None:
+        for name, value in row.items():
+            if name.endswith("(C)") and value.isdigit() and int(value):
+                counters[name[:-3]] = int(value)
+        ok = int(row.get("SuccessfulCall(C)", "0") or 0)
+        failed = int(row.get("FailedCall(C)", "0") or 0)
+        created = int(row.get("TotalCallCreated", "0") or 0)
+    errors = _summarize_errors(text, err_file, counters)
+    if row is None:
+        screen = _parse_screen(text)
+        if "ok" not in screen:
+            raise BenchError(
+                f"could not read sipp statistics (exit {returncode}): {errors or _tail(out_file)}"
+            )
+        ok, failed = screen["ok"], screen.get("failed", 0)
+        created = screen.get("created", ok + failed)
+    return ok, failed, created, counters, errors
 
 
 @dataclass
@@ -420,9 +565,7 @@ def run_sipp(
     timeout: float | None = None,
 ) -> SippResult:
     """Run sipp (one connection/socket) and return its final counts."""
-    sipp = shutil.which("sipp")
-    if sipp is None:
-        raise BenchError("sipp not found (apt-get install sip-tester)")
+    sipp = sipp_executable()
     stat_file = workdir / f"sipp-{transport}-stat.csv"
     stat_file.unlink(missing_ok=True)
     duration = calls / rate
@@ -448,38 +591,10 @@ def run_sipp(
         cmd += ["-s", service]
     cmd.append(f"{host}:{port}")
     out = workdir / f"sipp-{transport}.out"
-    t0 = time.monotonic()
-    with out.open("wb") as fh:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
-        )
-    reaped = _wait4(proc.pid, timeout + 30)
-    if reaped is None:
-        proc.kill()
-        proc.wait()
-        raise BenchError(f"sipp did not finish within {timeout + 30:.0f}s")
-    proc.returncode = reaped[0]
-    wall = time.monotonic() - t0
-    text = out.read_text(errors="replace")
+    returncode, cpu_seconds, wall, text = run_sipp_process(cmd, workdir, out, timeout)
     row = _parse_stat_csv(stat_file)
-    counters: dict[str, int] = {}
-    if row is not None:
-        for name, value in row.items():
-            if name.endswith("(C)") and value.isdigit() and int(value):
-                counters[name[:-3]] = int(value)
-        ok = int(row.get("SuccessfulCall(C)", "0") or 0)
-        failed = int(row.get("FailedCall(C)", "0") or 0)
-        created = int(row.get("TotalCallCreated", "0") or 0)
-    errors = _summarize_errors(text, err_file, counters)
-    if row is None:
-        screen = _parse_screen(text)
-        if "ok" not in screen:
-            raise BenchError(
-                f"could not read sipp statistics (exit {proc.returncode}): {errors or _tail(out)}"
-            )
-        ok, failed = screen["ok"], screen.get("failed", 0)
-        created = screen.get("created", ok + failed)
-    return SippResult(ok, failed, created, proc.returncode, reaped[1], wall, errors, counters)
+    ok, failed, created, counters, errors = sipp_outcome(row, text, err_file, out, returncode)
+    return SippResult(ok, failed, created, returncode, cpu_seconds, wall, errors, counters)
 
 
 # --------------------------------------------------------------------------- measure
@@ -528,40 +643,18 @@ def measure(
     rundir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-{transport}-"))
     argv = [arg.format(host=host, port=port, rundir=rundir, repo=REPO) for arg in target_cmd]
     result["command"] = shlex.join(argv)
-    log = rundir / "server.log"
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        say(f"starting: {shlex.join(argv)}")
-        with log.open("wb") as fh:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=rundir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BenchError(f"cannot start: {exc}") from exc
-        running = proc
-
-        def alive() -> bool:
-            return running.poll() is None
-
-        try:
-            ready = wait_ready(host, port, ("udp", "tcp"), alive)
-        except BenchError as exc:
-            raise BenchError(f"{exc}; server output:\n{_tail(log)}") from exc
+    server = Server(name, argv, rundir)
+    with serving(server, result, say):
+        ready = server.start(host, port, say)
         say(
             f"answering OPTIONS after {ready:.2f}s; sipp {calls} calls at {rate}/s over {transport}"
         )
 
-        before = sample_cpu(proc.pid)
+        before = sample_cpu(server.pid)
         sipp = run_sipp(scenario, host, port, transport, rate, calls, rundir, service=service)
-        after = sample_cpu(proc.pid)
-        if not alive():
-            sipp.errors += f"\nserver exited during the run (code {proc.returncode})"
+        after = sample_cpu(server.pid)
+        if not server.alive():
+            sipp.errors += f"\nserver exited during the run (code {server.proc.returncode})"  # type: ignore[union-attr]
 
         cpu = after.seconds - before.seconds
         ok = sipp.ok
@@ -588,21 +681,43 @@ def measure(
             f"done: ok={ok} failed={failed} cpu={cpu:.3f}s "
             f"({result['cpu_us_per_request']} us/request)"
         )
-    except BenchError as exc:
-        result["error"] = str(exc)
-        say(f"FAILED: {exc}")
-    finally:
-        if proc is not None:
-            stop_process_group(proc)
-        shutil.rmtree(rundir, ignore_errors=True)
     return result
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def _fmt(value: Any, spec: str = "") -> str:
+def fmt(value: Any, spec: str = "") -> str:
+    """``value`` formatted with ``spec``, or ``-`` when it is None."""
     return "-" if value is None else format(value, spec)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 3) -> str:
+    """A plain text table; the first ``left`` columns left-aligned, the rest right-aligned."""
+    all_rows = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(all_rows):
+        cells = [
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def errors_block(results: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], str]) -> str:
+    """``errors:`` and each result's ``error`` (first line and up to 8 last ones), named by
+    ``key(result)``, after an empty line; ``""`` when no result has an error."""
+    lines = []
+    for r in results:
+        if r.get("error"):
+            first, *rest = r["error"].splitlines()
+            lines.append(f"  {key(r)}: {first}")
+            lines.extend(f"      {line}" for line in rest[-8:])
+    return "\n".join(["", "errors:", *lines]) if lines else ""
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -650,7 +765,7 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
     header = ("target", "transport", "ok", "failed", "CPU s", "CPU µs/req")
     header += ("min-max",) if spread else ()
     header += ("ours/kamailio",)
-    rows = [header]
+    rows = []
     for r in summary:
         us = r["cpu_us_per_request"]
         ratio = None
@@ -661,32 +776,15 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
             r["transport"],
             str(r["requests_ok"]),
             str(r["requests_failed"]),
-            _fmt(r["cpu_seconds"], ".3f"),
-            _fmt(us, ".1f"),
+            fmt(r["cpu_seconds"], ".3f"),
+            fmt(us, ".1f"),
         )
         if spread:
             lo, hi = r.get("cpu_us_min"), r.get("cpu_us_max")
             row += (f"{lo:.0f}-{hi:.0f}" if lo is not None and hi is not None else "-",)
         rows.append((*row, ratio or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for i, row in enumerate(rows):
-        cells = [
-            c.ljust(w) if j < 2 else c.rjust(w)
-            for j, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    errors = []
-    for r in summary:
-        if r.get("error"):
-            first, *rest = r["error"].splitlines()
-            errors.append(f"  {r['target']}/{r['transport']}: {first}")
-            errors.extend(f"      {line}" for line in rest[-8:])
-    if errors:
-        lines += ["", "errors:", *errors]
-    return "\n".join(lines)
+    errors = errors_block(summary, lambda r: f"{r['target']}/{r['transport']}")
+    return table(header, rows, left=2) + (f"\n{errors}" if errors else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

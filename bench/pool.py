@@ -79,17 +79,8 @@ for _p in (BENCH, REPO / "tests", REPO):
 
 import cpu  # noqa: E402
 import pooltools  # noqa: E402  (tests/pooltools.py: topology, pool processes, load client)
-from register import (  # noqa: E402
-    Say,
-    Server,
-    busy_cpus,
-    check_quiet,
-    errors_block,
-    machine_jiffies,
-    run_sipp,
-    say_stderr,
-    table,
-)
+from cpu import Say, Server, errors_block, fmt, table  # noqa: E402
+from register import busy_cpus, check_quiet, machine_jiffies, run_sipp, say_stderr  # noqa: E402
 
 SIPP_DIR = cpu.SIPP_DIR
 SCENARIO_REDIRECT = SIPP_DIR / "bench_redirect.xml"
@@ -97,10 +88,6 @@ SCENARIO_CHALLENGE = SIPP_DIR / "bench_challenge.xml"
 SCENARIO_POOL = SIPP_DIR / "bench_pool_register.xml"
 DOMAIN = pooltools.DOMAIN
 PASSWORD = pooltools.DEMO_PASSWORD
-
-
-def _fmt(value: Any, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def raise_nofile() -> int:
@@ -418,7 +405,7 @@ def part_redirect(
             ] + defines
             server = Server("kamailio", argv, rundir)
             row = {"target": "kamailio", "kind": what}
-            try:
+            with cpu.serving(server, row, say, "kamailio FAILED"):
                 server.start(host, port, say)
                 say(f"kamailio: {what}: {rate:g}/s for {duration:g}s over TCP")
                 row.update(
@@ -438,12 +425,6 @@ def part_redirect(
                     f"kamailio: {what}: ok={row['ok']} failed={row['failed']} "
                     f"{row['cpu_us_per_request']} µs"
                 )
-            except cpu.BenchError as exc:
-                row["error"] = str(exc)
-                say(f"kamailio FAILED: {exc}")
-            finally:
-                server.stop()
-                shutil.rmtree(rundir, ignore_errors=True)
             result["rows"].append(row)
     return result
 
@@ -584,12 +565,12 @@ def format_failover(a: dict[str, Any]) -> str:
         f"SIGKILL {a.get('victim')} holding {a.get('victim_users')} of them"
     ]
     rows = [
-        ["every survivor sees it down", _fmt(a.get("detected_by_all"), ".2f")],
-        ["first user in backup mode", _fmt(a.get("first_backup"), ".2f")],
-        ["50 % in backup mode", _fmt(a.get("t50"), ".2f")],
-        ["90 % in backup mode", _fmt(a.get("t90"), ".2f")],
-        ["99 % in backup mode", _fmt(a.get("t99"), ".2f")],
-        ["100 % in backup mode", _fmt(a.get("t100"), ".2f")],
+        ["every survivor sees it down", fmt(a.get("detected_by_all"), ".2f")],
+        ["first user in backup mode", fmt(a.get("first_backup"), ".2f")],
+        ["50 % in backup mode", fmt(a.get("t50"), ".2f")],
+        ["90 % in backup mode", fmt(a.get("t90"), ".2f")],
+        ["99 % in backup mode", fmt(a.get("t99"), ".2f")],
+        ["100 % in backup mode", fmt(a.get("t100"), ".2f")],
     ]
     lines.append(table(["after SIGKILL", "seconds"], rows, left=1))
     lines.append("  Kamailio: no equivalent (not a pool)")
@@ -611,10 +592,10 @@ def format_redirect(b: dict[str, Any]) -> str:
             [
                 r["target"],
                 r["kind"],
-                _fmt(r.get("ok")),
-                _fmt(r.get("failed")),
-                _fmt(us, ".1f"),
-                _fmt(r.get("cpu_us_idle_subtracted"), ".1f"),
+                fmt(r.get("ok")),
+                fmt(r.get("failed")),
+                fmt(us, ".1f"),
+                fmt(r.get("cpu_us_idle_subtracted"), ".1f"),
                 f"{us / k:.2f}x" if r["target"] == "ours" and us and k else "-",
             ]
         )
@@ -644,13 +625,13 @@ def format_throughput(c: dict[str, Any]) -> str:
         rows.append(
             [
                 f"{r['offered']:g}",
-                _fmt(r.get("completed_per_second"), ".1f"),
-                _fmt(r.get("ok")),
-                _fmt(r.get("failed")),
-                _fmt(r.get("unfinished")),
-                _fmt(r.get("fe_cpu_cores"), ".2f"),
-                _fmt(r.get("sipp_cpu_seconds"), ".1f"),
-                _fmt(r.get("other_cpus"), ".2f"),
+                fmt(r.get("completed_per_second"), ".1f"),
+                fmt(r.get("ok")),
+                fmt(r.get("failed")),
+                fmt(r.get("unfinished")),
+                fmt(r.get("fe_cpu_cores"), ".2f"),
+                fmt(r.get("sipp_cpu_seconds"), ".1f"),
+                fmt(r.get("other_cpus"), ".2f"),
             ]
         )
     lines.append(
@@ -669,7 +650,7 @@ def format_throughput(c: dict[str, Any]) -> str:
             left=0,
         )
     )
-    lines.append(f"  capacity (highest completed/s): {_fmt(c.get('capacity'), '.1f')}")
+    lines.append(f"  capacity (highest completed/s): {fmt(c.get('capacity'), '.1f')}")
     lines.append("  Kamailio: no equivalent (not a pool); see bench/register.py for one server")
     return "\n".join(lines)
 

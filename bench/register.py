@@ -70,7 +70,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import cpu  # noqa: E402  (bench/cpu.py: CPU sampling, readiness probe, sipp result parsing)
+from cpu import Say, Server, errors_block, fmt, table  # noqa: E402
 
 REPO = cpu.REPO
 SIPP_DIR = cpu.SIPP_DIR
@@ -90,8 +91,6 @@ DOMAIN = "example.com"
 PASSWORD = "bench-password"  # = BENCH_PASSWORD's default in bench/kamailio/registrar_auth.cfg
 TARGET_BYTES_PER_BINDING = 1024
 WARMUP_AORS = 1000
-
-Say = Callable[[str], None]
 
 
 def say_stderr(tag: str) -> Say:
@@ -138,7 +137,7 @@ def import_users(db: Path, users: Sequence[str], password: str, domain: str = DO
             fh.write(f"sip:{user}@{domain},{password}\n")
     started = time.monotonic()
     done = subprocess.run(
-        [registrar_exe(), "users", "import", "--users-db", str(db), str(rows)],
+        [cpu.registrar_exe(), "users", "import", "--users-db", str(db), str(rows)],
         capture_output=True,
         text=True,
         check=False,
@@ -150,36 +149,30 @@ def import_users(db: Path, users: Sequence[str], password: str, domain: str = DO
     return time.monotonic() - started
 
 
-def registrar_exe() -> str:
-    exe = cpu.VENV_BIN / "registrar"
-    return str(exe) if exe.exists() else "registrar"
-
-
 # ------------------------------------------------------------------------------ /proc memory
+
+
+def _proc_kib_field(path: str, name: str) -> int | None:
+    """The ``name:`` line (``NNN kB``) of the ``/proc`` file ``path`` in bytes, None if the
+    file is unreadable or has no such line."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def vm_rss(pid: int) -> int | None:
     """``VmRSS`` of ``pid`` in bytes (``/proc/PID/status``), None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
+    return _proc_kib_field(f"/proc/{pid}/status", "VmRSS")
 
 
 def pss(pid: int) -> int | None:
     """``Pss`` of ``pid`` in bytes (``/proc/PID/smaps_rollup``), None if unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return None
+    return _proc_kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -237,58 +230,12 @@ def stable_memory(root: int, timeout: float = 10.0) -> dict[str, int]:
 # ------------------------------------------------------------------------------ servers
 
 
-@dataclass
-class Server:
-    """One server process (own process group, output to ``rundir/server.log``)."""
-
-    name: str
-    argv: list[str]
-    rundir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, host: str, port: int, say: Say) -> float:
-        """Start it and poll OPTIONS (UDP and TCP) until it answers; returns the seconds."""
-        say(f"starting: {shlex.join(self.argv)}")
-        log = self.rundir / "server.log"
-        with log.open("wb") as fh:
-            try:
-                self.proc = subprocess.Popen(
-                    self.argv,
-                    cwd=self.rundir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise cpu.BenchError(f"cannot start: {exc}") from exc
-        try:
-            return cpu.wait_ready(host, port, ("udp", "tcp"), self.alive)
-        except cpu.BenchError as exc:
-            raise cpu.BenchError(f"{exc}; server output:\n{self.log_tail()}") from exc
-
-    def log_tail(self, lines: int = 15) -> str:
-        return cpu._tail(self.rundir / "server.log", lines)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            cpu.stop_process_group(self.proc)
-
-
 def ours_argv(
     host: str, port: int, rundir: Path, *, auth: bool, users_db: Path | None, admin: int | None
 ) -> list[str]:
     """Our FE serving ``example.com`` (digest MD5 with ``users_db``, or ``--auth off``)."""
     argv = [
-        registrar_exe(), "serve",
+        cpu.registrar_exe(), "serve",
         "--listen", f"tcp:{host}:{port}", "--listen", f"udp:{host}:{port}",
         "--fqdn", "bench.example.com", "--domain", DOMAIN,
         "--state-dir", str(rundir / "state"),
@@ -309,21 +256,32 @@ def kamailio_argv(host: str, port: int, rundir: Path, *, auth: bool) -> list[str
     return [a.format(host=host, port=port, rundir=rundir, repo=REPO) for a in argv]
 
 
+def target_server(
+    target: str,
+    host: str,
+    port: int,
+    rundir: Path,
+    *,
+    auth: bool,
+    users_db: Path | None = None,
+    admin: int | None = None,
+) -> Server:
+    """The server of ``target`` (``ours``: :func:`ours_argv`, else :func:`kamailio_argv`) on
+    ``host:port``, to run in ``rundir`` (not started)."""
+    if target == "ours":
+        argv = ours_argv(host, port, rundir, auth=auth, users_db=users_db, admin=admin)
+    else:
+        argv = kamailio_argv(host, port, rundir, auth=auth)
+    return Server(target, argv, rundir)
+
+
 # ------------------------------------------------------------------------------ sipp
 
 
 @dataclass
-class SippRun:
+class SippRun(cpu.SippResult):
     """sipp's final counts (and every row of its ``-trace_stat`` file)."""
 
-    ok: int
-    failed: int
-    created: int
-    returncode: int
-    cpu_seconds: float
-    wall_seconds: float
-    errors: str = ""
-    counters: dict[str, int] = field(default_factory=dict)
     rows: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -350,9 +308,7 @@ def run_sipp(
     that sipp ends at its global timeout is not an error by itself (its rows tell how far it
     got). Raises :class:`cpu.BenchError` when sipp cannot be run or reports nothing.
     """
-    sipp = shutil.which("sipp")
-    if sipp is None:
-        raise cpu.BenchError("sipp not found (apt-get install sip-tester)")
+    sipp = cpu.sipp_executable()
     stat_file = workdir / f"sipp-{tag}-stat.csv"
     err_file = workdir / f"sipp-{tag}-errors.log"
     out_file = workdir / f"sipp-{tag}.out"
@@ -378,40 +334,12 @@ def run_sipp(
     if mode == "tn":
         cmd += ["-max_socket", "20000"]
     cmd += [*extra, remote]
-    t0 = time.monotonic()
-    with out_file.open("wb") as fh:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
-        )
-    reaped = cpu._wait4(proc.pid, timeout + 30)
-    if reaped is None:
-        proc.kill()
-        proc.wait()
-        raise cpu.BenchError(f"sipp did not finish within {timeout + 30:.0f}s")
-    proc.returncode = reaped[0]
-    wall = time.monotonic() - t0
-    text = out_file.read_text(errors="replace")
+    returncode, cpu_seconds, wall, text = cpu.run_sipp_process(cmd, workdir, out_file, timeout)
     rows = _stat_rows(stat_file)
-    counters: dict[str, int] = {}
-    if rows:
-        row = rows[-1]
-        for name, value in row.items():
-            if name.endswith("(C)") and value.isdigit() and int(value):
-                counters[name[:-3]] = int(value)
-        ok = int(row.get("SuccessfulCall(C)") or 0)
-        failed = int(row.get("FailedCall(C)") or 0)
-        created = int(row.get("TotalCallCreated") or 0)
-    errors = cpu._summarize_errors(text, err_file, counters)
-    if not rows:
-        screen = cpu._parse_screen(text)
-        if "ok" not in screen:
-            raise cpu.BenchError(
-                f"could not read sipp statistics (exit {proc.returncode}): "
-                f"{errors or cpu._tail(out_file)}"
-            )
-        ok, failed = screen["ok"], screen.get("failed", 0)
-        created = screen.get("created", ok + failed)
-    return SippRun(ok, failed, created, proc.returncode, reaped[1], wall, errors, counters, rows)
+    ok, failed, created, counters, errors = cpu.sipp_outcome(
+        rows[-1] if rows else None, text, err_file, out_file, returncode
+    )
+    return SippRun(ok, failed, created, returncode, cpu_seconds, wall, errors, counters, rows)
 
 
 def _stat_rows(path: Path) -> list[dict[str, str]]:
@@ -484,13 +412,9 @@ def measure_cpu(
     }
     rundir = Path(tempfile.mkdtemp(prefix=f"bench-register-{target}-{mode}-{transport}-"))
     port = cpu.free_port(host)
-    if target == "ours":
-        argv = ours_argv(host, port, rundir, auth=auth, users_db=users_db, admin=None)
-    else:
-        argv = kamailio_argv(host, port, rundir, auth=auth)
-    server = Server(target, argv, rundir)
-    result["command"] = shlex.join(argv)
-    try:
+    server = target_server(target, host, port, rundir, auth=auth, users_db=users_db)
+    result["command"] = shlex.join(server.argv)
+    with cpu.serving(server, result, say):
         ready = server.start(host, port, say)
         say(f"answering OPTIONS after {ready:.2f}s")
         if auth:
@@ -544,12 +468,6 @@ def measure_cpu(
             f"done: ok={ok} failed={failed} cpu={used:.3f}s "
             f"({result['cpu_us_per_register']} µs/REGISTER)"
         )
-    except cpu.BenchError as exc:
-        result["error"] = str(exc)
-        say(f"FAILED: {exc}")
-    finally:
-        server.stop()
-        shutil.rmtree(rundir, ignore_errors=True)
     return result
 
 
@@ -572,12 +490,8 @@ def measure_memory(
     rundir = Path(tempfile.mkdtemp(prefix=f"bench-register-mem-{target}-"))
     port = cpu.free_port(host)
     admin = cpu.free_port(host) if target == "ours" else None
-    if target == "ours":
-        argv = ours_argv(host, port, rundir, auth=False, users_db=None, admin=admin)
-    else:
-        argv = kamailio_argv(host, port, rundir, auth=False)
-    server = Server(target, argv, rundir)
-    result["command"] = shlex.join(argv)
+    server = target_server(target, host, port, rundir, auth=False, admin=admin)
+    result["command"] = shlex.join(server.argv)
     width = max(6, len(str(bindings)))
     warm = write_injection(
         workdir / "warmup.csv", [f"warm{n:05d}" for n in range(1, WARMUP_AORS + 1)]
@@ -585,7 +499,7 @@ def measure_memory(
     inf = workdir / f"mem-{bindings}.csv"
     if not inf.exists():
         write_injection(inf, [user_name(n, width) for n in range(1, bindings + 1)])
-    try:
+    with cpu.serving(server, result, say):
         server.start(host, port, say)
         common = {"mode": "t1", "workdir": rundir, "local_ip": host, "extra": ["-timeout_error"]}
         say(f"warm-up: {WARMUP_AORS} registrations")
@@ -629,36 +543,10 @@ def measure_memory(
             f"{count} bindings; RSS/binding {result.get('rss_bytes_per_binding')} B, "
             f"Pss/binding {result.get('pss_bytes_per_binding')} B"
         )
-    except cpu.BenchError as exc:
-        result["error"] = str(exc)
-        say(f"FAILED: {exc}")
-    finally:
-        server.stop()
-        shutil.rmtree(rundir, ignore_errors=True)
     return result
 
 
 # ------------------------------------------------------------------------------ tables
-
-
-def _fmt(value: Any, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 3) -> str:
-    """A plain text table; the first ``left`` columns left-aligned, the rest right-aligned."""
-    all_rows = [list(header), *[list(r) for r in rows]]
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
-    lines = []
-    for n, r in enumerate(all_rows):
-        cells = [
-            c.ljust(w) if i < left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -712,15 +600,15 @@ def format_cpu_table(summary: Sequence[dict[str, Any]]) -> str:
             f"{r['rate']:g}",
             str(r["ok"]),
             str(r["failed"]),
-            _fmt(us, ".1f"),
+            fmt(us, ".1f"),
         ]
         if spread:
             lo, hi = r["cpu_us_min"], r["cpu_us_max"]
             row.append(f"{lo:.0f}-{hi:.0f}" if lo is not None and hi is not None else "-")
         row += [
-            _fmt(us * r["registers_per_call"] if us else None, ".1f"),
+            fmt(us * r["registers_per_call"] if us else None, ".1f"),
             ratio,
-            _fmt(r.get("other_cpus"), ".2f"),
+            fmt(r.get("other_cpus"), ".2f"),
         ]
         rows.append(row)
     return table(header, rows)
@@ -732,11 +620,11 @@ def format_memory_table(mem: Sequence[dict[str, Any]]) -> str:
         rows.append(
             [
                 r["target"],
-                _fmt(r.get("bindings")),
-                _fmt(r.get("rss_before") and r["rss_before"] / 2**20, ".1f"),
-                _fmt(r.get("rss_after") and r["rss_after"] / 2**20, ".1f"),
-                _fmt(r.get("rss_bytes_per_binding"), ".0f"),
-                _fmt(r.get("pss_bytes_per_binding"), ".0f"),
+                fmt(r.get("bindings")),
+                fmt(r.get("rss_before") and r["rss_before"] / 2**20, ".1f"),
+                fmt(r.get("rss_after") and r["rss_after"] / 2**20, ".1f"),
+                fmt(r.get("rss_bytes_per_binding"), ".0f"),
+                fmt(r.get("pss_bytes_per_binding"), ".0f"),
                 f"≤ {TARGET_BYTES_PER_BINDING}" if r["target"] == "ours" else "-",
             ]
         )
@@ -750,16 +638,6 @@ def format_memory_table(mem: Sequence[dict[str, Any]]) -> str:
         "target B",
     ]
     return table(header, rows, left=1)
-
-
-def errors_block(results: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], str]) -> str:
-    lines = []
-    for r in results:
-        if r.get("error"):
-            first, *rest = r["error"].splitlines()
-            lines.append(f"  {key(r)}: {first}")
-            lines.extend(f"      {line}" for line in rest[-8:])
-    return "\n".join(["", "errors:", *lines]) if lines else ""
 
 
 # ------------------------------------------------------------------------------ CLI

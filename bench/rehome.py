@@ -101,8 +101,9 @@ for _p in (BENCH, REPO / "tests", REPO):
 
 import cpu  # noqa: E402
 import pooltools  # noqa: E402
+from cpu import Say, fmt, table  # noqa: E402
 from pool import BenchPool, raise_nofile, start_bench_pool  # noqa: E402
-from register import Say, busy_cpus, check_quiet, machine_jiffies, say_stderr, table  # noqa: E402
+from register import busy_cpus, check_quiet, machine_jiffies, say_stderr  # noqa: E402
 
 from registrar.client import ClientError, PoolClient, PoolResolver, client_endpoint  # noqa: E402
 
@@ -229,8 +230,7 @@ class Clients:
                     ok += 1
                 except ClientError as exc:
                     failed += 1
-                    if len(self.errors) < 20:
-                        self.errors.append(f"{client.aor}: {exc}")
+                    self._error(f"{client.aor}: {exc}")
             if (ok + failed) % mark == 0:
                 self.say(
                     f"registering: {ok + failed}/{total}, {ok} ok, {failed} failed, "
@@ -240,13 +240,17 @@ class Clients:
         await asyncio.gather(*(one(c) for c in todo))
         return ok, failed, time.monotonic() - started
 
-    async def pause(self) -> None:
-        """Stop the ``run()`` loops (registrations and flows stay as they are)."""
+    async def _end_runs(self, timeout: float) -> None:
+        """Set :attr:`stop`, give the ``run()`` tasks ``timeout`` seconds, cancel the rest."""
         self.stop.set()
         if self.tasks:
-            await asyncio.wait(self.tasks, timeout=60)
+            await asyncio.wait(self.tasks, timeout=timeout)
         for task in self.tasks:
             task.cancel()
+
+    async def pause(self) -> None:
+        """Stop the ``run()`` loops (registrations and flows stay as they are)."""
+        await self._end_runs(60)
         self.tasks = []
         self.stop = asyncio.Event()
 
@@ -259,11 +263,14 @@ class Clients:
         try:
             await client.run(self.stop)
         except ClientError as exc:
-            if len(self.errors) < 20:
-                self.errors.append(f"{client.aor} gave up: {exc}")
+            self._error(f"{client.aor} gave up: {exc}")
         except Exception as exc:  # a bug in the client must not stop the benchmark
-            if len(self.errors) < 20:
-                self.errors.append(f"{client.aor} crashed: {type(exc).__name__}: {exc}")
+            self._error(f"{client.aor} crashed: {type(exc).__name__}: {exc}")
+
+    def _error(self, text: str) -> None:
+        """Keep ``text`` in :attr:`errors` (the first 20 only)."""
+        if len(self.errors) < 20:
+            self.errors.append(text)
 
     def where(self) -> dict[str, int]:
         """Users registered per ``FE fqdn`` (``+backup`` suffix in backup mode), and
@@ -292,11 +299,7 @@ class Clients:
         return n
 
     async def close(self) -> None:
-        self.stop.set()
-        if self.tasks:
-            await asyncio.wait(self.tasks, timeout=30)
-        for task in self.tasks:
-            task.cancel()
+        await self._end_runs(30)
         for client in self.clients:
             with contextlib.suppress(TimeoutError, OSError, ClientError):
                 await asyncio.wait_for(client.close(), 5)
@@ -796,10 +799,6 @@ def _count(items: Any) -> dict[str, int]:
 # ------------------------------------------------------------------------------ output
 
 
-def _fmt(value: Any, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def render(out: dict[str, Any]) -> str:
     lines = [
         f"re-homing: {out['users']} users whose primary is {out['victim']}; batches of "
@@ -819,16 +818,16 @@ def render(out: dict[str, Any]) -> str:
             [
                 p["name"],
                 "ok" if p["ok"] else "NO",
-                _fmt(p.get("seconds"), ".1f"),
-                _fmt(predicted, ".1f"),
-                _fmt(p.get("deregistered")),
-                _fmt(p.get("peak_deregistrations_per_second")),
-                _fmt(p.get("peak_deregistrations_per_second_10s"), ".0f"),
-                _fmt(gaps.get("users")),
-                _fmt(gaps.get("p50"), ".2f"),
-                _fmt(gaps.get("p99"), ".2f"),
-                _fmt(gaps.get("max"), ".2f"),
-                _fmt(gaps.get("from_removal_max"), ".2f"),
+                fmt(p.get("seconds"), ".1f"),
+                fmt(predicted, ".1f"),
+                fmt(p.get("deregistered")),
+                fmt(p.get("peak_deregistrations_per_second")),
+                fmt(p.get("peak_deregistrations_per_second_10s"), ".0f"),
+                fmt(gaps.get("users")),
+                fmt(gaps.get("p50"), ".2f"),
+                fmt(gaps.get("p99"), ".2f"),
+                fmt(gaps.get("max"), ".2f"),
+                fmt(gaps.get("from_removal_max"), ".2f"),
             ]
         )
     lines.append(
@@ -854,9 +853,9 @@ def render(out: dict[str, Any]) -> str:
     for p in out["phases"]:
         if p["name"] == "recovery":
             lines.append(
-                f"  recovery: re-home time (restart -> all home) {_fmt(p.get('seconds'), '.1f')}s; "
+                f"  recovery: re-home time (restart -> all home) {fmt(p.get('seconds'), '.1f')}s; "
                 f"{out['victim']} seen up by the survivors after "
-                f"{_fmt(p.get('seen_up_after'), '.1f')}s; backup users per survivor "
+                f"{fmt(p.get('seen_up_after'), '.1f')}s; backup users per survivor "
                 f"{p.get('shares')}; predicted {p.get('predicted_parallel')}s in parallel "
                 f"(largest share / {out['rehome_batch_users']} x "
                 f"{out['rehome_batch_interval']:g}s), {p.get('predicted_serial')}s serial "
@@ -869,7 +868,7 @@ def render(out: dict[str, Any]) -> str:
         if p["name"] == "failover" and p.get("mode") == "paced":
             lines.append(
                 f"  failover (paced): survivors saw it down after "
-                f"{_fmt(p.get('seen_down_after'))}s; users registered again by this script, "
+                f"{fmt(p.get('seen_down_after'))}s; users registered again by this script, "
                 "--concurrency at a time"
             )
         elif p["name"] == "failover":

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .cliutil import add_group
 from .topology import TopologyError, load_topology
 
 __all__ = [
@@ -490,18 +491,12 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     Args:
         subparsers: the result of ``ArgumentParser.add_subparsers()`` of the main CLI.
     """
-    certs = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "certs",
         help="manage the pool's TLS certificates (DESIGN.md §5)",
         description="Manage the CA and the per-FE TLS certificates.",
     )
-
-    def _usage(_args: argparse.Namespace) -> int:
-        certs.print_help(sys.stderr)
-        return 2
-
-    certs.set_defaults(func=_usage)
-    sub = certs.add_subparsers(dest="certs_command", metavar="COMMAND")
     init = sub.add_parser(
         "init",
         help="create the CA and FE certificates (keeps valid existing ones)",

@@ -78,20 +78,18 @@ def inspect_request(req: Request, policy: InspectionPolicy) -> Response | None:
     if req.max_forwards == 0 and not policy.is_local(req) and method != "ACK":
         return make_response(req, 483)
     if method not in ("ACK", "CANCEL"):
-        # Most requests have neither header: one pass over the names before building lists.
-        for key, _, _ in req.headers:
-            if key == "require" or key == "proxy-require":
-                unsupported = [
-                    tag
-                    for name in ("proxy-require", "require")
-                    for tag in req.tokens(name)
-                    if tag.lower() not in policy.supported
-                ]
-                if unsupported:
-                    resp = make_response(req, 420)
-                    resp.add("Unsupported", ", ".join(dict.fromkeys(unsupported)))
-                    return resp
-                break
+        # Most requests have neither header (one look-up each after validate_request).
+        if "require" in req or "proxy-require" in req:
+            unsupported = [
+                tag
+                for name in ("proxy-require", "require")
+                for tag in req.tokens(name)
+                if tag.lower() not in policy.supported
+            ]
+            if unsupported:
+                resp = make_response(req, 420)
+                resp.add("Unsupported", ", ".join(dict.fromkeys(unsupported)))
+                return resp
         if req.body:
             ctype = req.content_type
             if ctype is not None and ctype not in UNDERSTOOD_BODIES:

@@ -30,6 +30,7 @@ from sipstack.transport.flows import parse_listen
 
 from . import __version__, certs, client, dns, poolinfo, topology, users
 from .admin import fetch_json, quote
+from .cliutil import add_group
 from .register import RegistrarSettings
 from .server import FrontEndConfig, run_frontend
 from .users import normalize_aor
@@ -378,10 +379,9 @@ def _bindings(args: argparse.Namespace) -> int:
 
 
 def _add_pool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pool = subparsers.add_parser(
-        "pool", help="run a local pool (DNS server + every FE as its own process)"
+    sub = add_group(
+        subparsers, "pool", help="run a local pool (DNS server + every FE as its own process)"
     )
-    sub = pool.add_subparsers(dest="pool_command", metavar="COMMAND")
     up = sub.add_parser(
         "up",
         help="start the pool of a topology and supervise it until Ctrl-C",
@@ -404,7 +404,6 @@ def _add_pool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     init.add_argument("--topology", type=Path, required=True, metavar="FILE")
     init.add_argument("--users", type=int, default=2000, help="demo users to create (default 2000)")
     init.set_defaults(func=_pool_init)
-    pool.set_defaults(func=lambda args: (pool.print_help(sys.stderr), 2)[1])
 
     status = subparsers.add_parser("status", help="the pool as its FEs see it")
     status.add_argument("--topology", type=Path, required=True, metavar="FILE")
@@ -412,14 +411,21 @@ def _add_pool(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.set_defaults(func=_status)
 
 
+def _load_topology(args: argparse.Namespace, command: str) -> topology.Topology | None:
+    """Load ``args.topology`` (:func:`registrar.topology.load_topology`); ``None`` when it is
+    invalid, after printing ``registrar <command>: <error>`` on stderr."""
+    try:
+        return topology.load_topology(args.topology)
+    except topology.TopologyError as exc:
+        print(f"registrar {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def _pool_init(args: argparse.Namespace) -> int:
     from .pool.supervisor import ensure_certs, ensure_demo_users
-    from .topology import TopologyError, load_topology
 
-    try:
-        topology = load_topology(args.topology)
-    except TopologyError as exc:
-        print(f"registrar pool init: {exc}", file=sys.stderr)
+    topology = _load_topology(args, "pool init")
+    if topology is None:
         return 2
     written = ensure_certs(topology)
     print(f"certificates: {len(written)} files written in {topology.paths.certs}")
@@ -430,12 +436,9 @@ def _pool_init(args: argparse.Namespace) -> int:
 
 def _pool_up(args: argparse.Namespace) -> int:
     from .pool.supervisor import PoolSupervisor, ensure_certs, ensure_demo_users
-    from .topology import TopologyError, load_topology
 
-    try:
-        topology = load_topology(args.topology)
-    except TopologyError as exc:
-        print(f"registrar pool up: {exc}", file=sys.stderr)
+    topology = _load_topology(args, "pool up")
+    if topology is None:
         return 2
     written = ensure_certs(topology)
     if written:
@@ -458,12 +461,9 @@ def _pool_up(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .pool.status import pool_status, render
-    from .topology import TopologyError, load_topology
 
-    try:
-        topology = load_topology(args.topology)
-    except TopologyError as exc:
-        print(f"registrar status: {exc}", file=sys.stderr)
+    topology = _load_topology(args, "status")
+    if topology is None:
         return 2
     pools = pool_status(topology)
     if args.json:

@@ -91,6 +91,7 @@ from sipstack.transport.tls import client_ssl_context, peer_identities
 from sipstack.uri import SipUri, parse_uri
 
 from . import __version__
+from .cliutil import add_group
 
 __all__ = [
     "DEFAULT_EXPIRES",
@@ -425,6 +426,33 @@ def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def _request_to_self(
+    method: str, uri: str, aor_text: str, via: str, call_id: str, cseq: int, from_tag: str
+) -> Request:
+    """The start of a request from our AOR ``aor_text`` to itself: Via, Max-Forwards, From
+    (with ``from_tag``), To (no tag), Call-ID and CSeq. :func:`_finish_request` ends it."""
+    req = Request(method, uri)
+    req.add("Via", via)
+    req.add("Max-Forwards", "70")
+    req.add("From", f"<{aor_text}>;tag={from_tag}")
+    req.add("To", f"<{aor_text}>")
+    req.add("Call-ID", call_id)
+    req.add("CSeq", f"{cseq} {method}")
+    return req
+
+
+def _finish_request(
+    req: Request, authorization: str | None, proxy: bool, user_agent: str
+) -> Request:
+    """Add the ``Authorization`` (with ``proxy``: ``Proxy-Authorization``) when given, then
+    User-Agent and ``Content-Length: 0``; returns ``req``."""
+    if authorization is not None:
+        req.add("Proxy-Authorization" if proxy else "Authorization", authorization)
+    req.add("User-Agent", user_agent)
+    req.add("Content-Length", "0")
+    return req
+
+
 def build_register(
     *,
     aor: SipUri,
@@ -457,21 +485,11 @@ def build_register(
     contact = f'<{contact_uri}>;+sip.instance="<{instance_id}>";reg-id=1'
     if expires == 0:
         contact += ";expires=0"
-    req = Request("REGISTER", f"sip:{domain}")
-    req.add("Via", via)
-    req.add("Max-Forwards", "70")
-    req.add("From", f"<{aor_text}>;tag={from_tag}")
-    req.add("To", f"<{aor_text}>")
-    req.add("Call-ID", call_id)
-    req.add("CSeq", f"{cseq} REGISTER")
+    req = _request_to_self("REGISTER", f"sip:{domain}", aor_text, via, call_id, cseq, from_tag)
     req.add("Contact", contact)
     req.add("Supported", "outbound, path")
     req.add("Expires", str(expires))
-    if authorization is not None:
-        req.add("Proxy-Authorization" if proxy else "Authorization", authorization)
-    req.add("User-Agent", user_agent)
-    req.add("Content-Length", "0")
-    return req
+    return _finish_request(req, authorization, proxy, user_agent)
 
 
 def granted_expires(
@@ -542,22 +560,12 @@ def build_subscribe(
         authorization: an ``Authorization`` value (``Proxy-Authorization`` with ``proxy``).
     """
     aor_text = f"sip:{aor.user}@{aor.host}"
-    req = Request("SUBSCRIBE", aor_text)
-    req.add("Via", via)
-    req.add("Max-Forwards", "70")
-    req.add("From", f"<{aor_text}>;tag={from_tag}")
-    req.add("To", f"<{aor_text}>")
-    req.add("Call-ID", call_id)
-    req.add("CSeq", f"{cseq} SUBSCRIBE")
+    req = _request_to_self("SUBSCRIBE", aor_text, aor_text, via, call_id, cseq, from_tag)
     req.add("Contact", f"<{contact}>")
     req.add("Event", REG_EVENT)
     req.add("Accept", REGINFO_TYPE)
     req.add("Expires", str(expires))
-    if authorization is not None:
-        req.add("Proxy-Authorization" if proxy else "Authorization", authorization)
-    req.add("User-Agent", user_agent)
-    req.add("Content-Length", "0")
-    return req
+    return _finish_request(req, authorization, proxy, user_agent)
 
 
 class SubscriptionState(NamedTuple):
@@ -2247,7 +2255,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     Args:
         subparsers: the result of ``ArgumentParser.add_subparsers()`` of the main CLI.
     """
-    client = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "client",
         help="register through the pool like a SIP client (DNS SRV, TLS, digest, redirects)",
         description=(
@@ -2256,13 +2265,6 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "docs/client.md."
         ),
     )
-
-    def _usage(_args: argparse.Namespace) -> int:
-        client.print_help(sys.stderr)
-        return 2
-
-    client.set_defaults(func=_usage)
-    sub = client.add_subparsers(dest="client_command", metavar="COMMAND")
 
     reg = sub.add_parser(
         "register",

@@ -56,6 +56,8 @@ from typing import Any
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSRecord
 from dnslib.server import DNSHandler, DNSLogger, DNSServer
 
+from .cliutil import add_group
+
 __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_TTL",
@@ -904,7 +906,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     Args:
         subparsers: the result of ``ArgumentParser.add_subparsers()`` of the main CLI.
     """
-    dns_cmd = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "dns",
         help="the pool's DNS: zone file, embedded DNS server (docs/dns.md)",
         description=(
@@ -912,9 +915,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "FQDN, whose A records list every front end. 'zone' prints the zone file; 'serve' "
             "runs an authoritative DNS server for it (development and tests)."
         ),
+        metavar="SUBCOMMAND",
     )
-    dns_cmd.set_defaults(func=lambda _args: _help(dns_cmd))
-    sub = dns_cmd.add_subparsers(dest="dns_command", metavar="SUBCOMMAND")
 
     zone = sub.add_parser(
         "zone",
@@ -959,11 +961,6 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="logging level; debug logs every query (default info)",
     )
     serve.set_defaults(func=_cmd_serve)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _cmd_zone(args: argparse.Namespace) -> int:

@@ -636,7 +636,9 @@ class LocationService:
         return tuple(_values(entry))
 
     # ------------------------------------------------------------------ changes
-    def put(self, binding: Binding, *, reason: Event | None = None) -> Binding | None:
+    def put(
+        self, binding: Binding, *, reason: Event | None = None, key: str | None = None
+    ) -> Binding | None:
         """Add ``binding``, or replace the stored binding with the same ``(aor, key)``.
 
         Args:
@@ -647,6 +649,8 @@ class LocationService:
                 or ``"replaced"``. ``None`` infers it: ``"created"`` when nothing was replaced,
                 ``"replaced"`` when the contact URI changed, ``"shortened"`` when
                 ``expires_at`` moved earlier, else ``"refreshed"``.
+            key: ``binding.key`` when the caller has computed it already (the registrar
+                has); it must be equal to it.
 
         Returns:
             The unexpired binding that was replaced, or ``None``. A replaced binding that had
@@ -669,7 +673,8 @@ class LocationService:
             binding.user_agent = sys.intern(ua)
         if binding.path:
             binding.path = tuple(map(sys.intern, binding.path))
-        key = binding.key
+        if key is None:
+            key = binding.key
         old, aor = self._store(binding, key)
         if old is None or _bucket(old.expires_at) != second:  # else: already filed there
             self._file(second, aor)

@@ -264,8 +264,7 @@ class RegisterService:
         """Steps 6-8 for an authorised REGISTER; ``backup_of`` is the primary FE's FQDN when
         this FE serves ``aor`` in pool backup mode (from the router), else ``None``."""
         settings = self.settings
-        present = {h[0] for h in req.headers}  # header names, for presence tests
-        contacts = req.contacts if "contact" in present else []
+        contacts = req.contacts  # parsed by validate_request; [] without a Contact
         call_id = req.call_id
         cseq = req.cseq.number
         location = self.location
@@ -273,7 +272,7 @@ class RegisterService:
             if contact.wildcard:
                 return self._unregister_all(req, aor, now, contacts, call_id, cseq, backup_of)
 
-        if "supported" in present:
+        if "supported" in req:  # (a dict look-up after validate_request)
             supported = {t.lower() for t in req.tokens("supported")}
             outbound = "outbound" in supported
         else:
@@ -300,7 +299,7 @@ class RegisterService:
                 return resp
             if expires > max_expires:
                 expires = max_expires
-            uri = str(contact.uri)
+            uri = contact.uri_text or str(contact.uri)
             changes.append((self._key(contact, outbound, uri), contact, expires, uri))
 
         # Validate the whole request before changing anything (RFC 3261 §10.3: all or nothing).
@@ -325,8 +324,8 @@ class RegisterService:
 
         if not changes:
             return self._ok(req, aor, now, outbound=False, backup_of=backup_of)
-        path = tuple(req.values("path")) if "path" in present else ()
-        user_agent = req.get("user-agent") if "user-agent" in present else None
+        path = tuple(req.values("path")) if "path" in req else ()
+        user_agent = req.get("user-agent")
         remote = flow.remote
         source = f"{flow.transport}:{remote[0]}:{remote[1]}"
         flow_id = flow.id if flow.transport != "udp" else None
@@ -375,7 +374,7 @@ class RegisterService:
                 reason = "shortened"
             else:
                 reason = "refreshed" if old.contact == uri else "replaced"
-            location.put(binding, reason=reason)
+            location.put(binding, reason=reason, key=key)
         stats = self.stats
         stats["registered"] += 1
         if backup:

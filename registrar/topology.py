@@ -38,13 +38,15 @@ import re
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomlkit
 import tomlkit.items
+
+from .cliutil import add_group
 
 __all__ = [
     "DEFAULT_ADMIN_PORT",
@@ -87,6 +89,7 @@ DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_T = TypeVar("_T")
 
 
 # ============================================================================================
@@ -521,6 +524,11 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _key_path(where: str, name: str) -> str:
+    """The TOML key path of ``name`` in the table at ``where`` (``""`` = the top level)."""
+    return f"{where}.{name}" if where else name
+
+
 def _join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -541,7 +549,7 @@ class _Validator:
         for key in table:
             if key in allowed:
                 continue
-            full = f"{where}.{key}" if where else key
+            full = _key_path(where, key)
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             if close:
                 fix = f"did you mean '{close[0]}'?"
@@ -550,6 +558,16 @@ class _Validator:
             else:
                 fix = "remove it; valid keys here: " + ", ".join(allowed)
             raise self.fail(full, f"unknown key '{key}'", fix)
+
+    def absent(self, key: str, default: _T | None, fix: str) -> _T:
+        """The value of the absent key ``key``: ``default``.
+
+        Raises:
+            TopologyError: there is no default (``"missing"``, with ``fix``).
+        """
+        if default is None:
+            raise self.fail(key, "missing", fix)
+        return default
 
     def table(self, value: object, key: str, what: str) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -575,11 +593,9 @@ class _Validator:
         hi: int | None = None,
         fix: str | None = None,
     ) -> int:
-        key = f"{where}.{name}" if where else name
+        key = _key_path(where, name)
         if name not in table:
-            if default is None:
-                raise self.fail(key, "missing", fix or f"add '{name} = ...'")
-            return default
+            return self.absent(key, default, fix or f"add '{name} = ...'")
         value = table[name]
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(
@@ -626,11 +642,9 @@ class _Validator:
         default: str | None = None,
         fix: str | None = None,
     ) -> str:
-        key = f"{where}.{name}" if where else name
+        key = _key_path(where, name)
         if name not in table:
-            if default is None:
-                raise self.fail(key, "missing", fix or f"add '{name} = \"...\"'")
-            return default
+            return self.absent(key, default, fix or f"add '{name} = \"...\"'")
         value = table[name]
         if not isinstance(value, str):
             raise self.fail(
@@ -657,6 +671,26 @@ class _Validator:
         if problem:
             raise self.fail(key, f"{value!r} {problem}", "write a DNS name such as fe1.contoso.com")
         return name
+
+    def fqdn(self, t: Mapping[str, Any], where: str, example: str) -> str:
+        """The required key ``fqdn`` of the table ``t`` at ``where``: a fully qualified DNS
+        name, folded to lower case (``example`` is shown in the fix when it is missing)."""
+        text = self.string(t, "fqdn", where, fix=f'add fqdn = "{example}"')
+        return self.dns_name(text, f"{where}.fqdn", fqdn=True)
+
+    def define(self, seen: dict[str, str], fqdn: str, where: str, what: str, fix: str) -> None:
+        """Record that the table at ``where`` defines ``fqdn`` (``seen``: FQDN -> key path of
+        the table that defined it first).
+
+        Raises:
+            TopologyError: ``fqdn`` is in ``seen`` already (``"<what> <fqdn> is already
+                defined at <key path>"``, with ``fix``).
+        """
+        if fqdn in seen:
+            raise self.fail(
+                f"{where}.fqdn", f"{what} {fqdn} is already defined at {seen[fqdn]}", fix
+            )
+        seen[fqdn] = where
 
     def ip(self, value: str, key: str) -> str:
         try:
@@ -714,27 +748,21 @@ class _Validator:
             )
         min_e = self.integer(t, "min_expires", w, d.min_expires, 1, 2**32 - 1)
         max_e = self.integer(t, "max_expires", w, d.max_expires, 1, 2**32 - 1)
+        order = "make min_expires <= default_expires <= max_expires"
         if max_e < min_e:
             raise self.fail(
-                "settings.max_expires",
-                f"{max_e} is less than min_expires ({min_e})",
-                "make min_expires <= default_expires <= max_expires",
+                "settings.max_expires", f"{max_e} is less than min_expires ({min_e})", order
             )
-        default_e = self.integer(t, "default_expires", w, d.default_expires, 1)
-        if not min_e <= default_e <= max_e:
-            raise self.fail(
-                "settings.default_expires",
-                f"{default_e} is outside min_expires..max_expires ({min_e}..{max_e})",
-                "make min_expires <= default_expires <= max_expires",
-            )
-        backup = self.integer(t, "backup_max_expires", w, d.backup_max_expires, 1)
-        if not min_e <= backup <= max_e:
-            raise self.fail(
-                "settings.backup_max_expires",
-                f"{backup} is outside min_expires..max_expires ({min_e}..{max_e})",
-                "use a value in that range (it caps backup-mode registrations and so bounds "
-                "how long a re-home takes)",
-            )
+        bounds = (min_e, max_e)
+        default_e = self.expiry_between(t, "default_expires", d.default_expires, bounds, order)
+        backup = self.expiry_between(
+            t,
+            "backup_max_expires",
+            d.backup_max_expires,
+            bounds,
+            "use a value in that range (it caps backup-mode registrations and so bounds "
+            "how long a re-home takes)",
+        )
         max_contacts = self.integer(t, "max_contacts", w, d.max_contacts, 1, 1000)
         batch_users = self.integer(t, "rehome_batch_users", w, d.rehome_batch_users, 1)
         batch_interval = self.number(
@@ -765,6 +793,25 @@ class _Validator:
             digest_algorithms=algorithms,
             enable_tcp=enable_tcp,
         )
+
+    def expiry_between(
+        self, t: Mapping[str, Any], name: str, default: int, bounds: tuple[int, int], fix: str
+    ) -> int:
+        """The expiry setting ``name`` (whole seconds, ``default`` when absent), which must lie
+        in ``bounds`` = ``(min_expires, max_expires)``.
+
+        Raises:
+            TopologyError: not an integer >= 1, or outside ``bounds`` (with ``fix``).
+        """
+        value = self.integer(t, name, "settings", default, 1)
+        lo, hi = bounds
+        if not lo <= value <= hi:
+            raise self.fail(
+                f"settings.{name}",
+                f"{value} is outside min_expires..max_expires ({lo}..{hi})",
+                fix,
+            )
+        return value
 
     def algorithms(self, value: object) -> tuple[str, ...]:
         key = "settings.digest_algorithms"
@@ -869,18 +916,8 @@ class _Validator:
         for p, t in enumerate(self.tables(value, "pools", "pools")):
             where = f"pools[{p}]"
             self.keys(t, _POOL_KEYS, where)
-            fqdn = self.dns_name(
-                self.string(t, "fqdn", where, fix='add fqdn = "pool.contoso.com"'),
-                f"{where}.fqdn",
-                fqdn=True,
-            )
-            if fqdn in pool_seen:
-                raise self.fail(
-                    f"{where}.fqdn",
-                    f"pool {fqdn} is already defined at {pool_seen[fqdn]}",
-                    "give every pool its own FQDN",
-                )
-            pool_seen[fqdn] = where
+            fqdn = self.fqdn(t, where, "pool.contoso.com")
+            self.define(pool_seen, fqdn, where, "pool", "give every pool its own FQDN")
             domains = self.domains(t, where, fqdn, domains_seen)
             max_servers = self.integer(
                 t,
@@ -977,18 +1014,10 @@ class _Validator:
         """One FE; ``ids`` (server ID -> who uses it), ``fe_seen`` and ``ports_seen`` collect
         what earlier FEs took; ``free`` lists the IDs no FE of the pool declares."""
         self.keys(t, _FE_KEYS, where)
-        fqdn = self.dns_name(
-            self.string(t, "fqdn", where, fix='add fqdn = "fe1.contoso.com"'),
-            f"{where}.fqdn",
-            fqdn=True,
+        fqdn = self.fqdn(t, where, "fe1.contoso.com")
+        self.define(
+            fe_seen, fqdn, where, "FE", "FE FQDNs are unique across all pools; remove or rename one"
         )
-        if fqdn in fe_seen:
-            raise self.fail(
-                f"{where}.fqdn",
-                f"FE {fqdn} is already defined at {fe_seen[fqdn]}",
-                "FE FQDNs are unique across all pools; remove or rename one",
-            )
-        fe_seen[fqdn] = where
         free_text = ", ".join(map(str, free)) if free else "none"
         fix_id = (
             f"pick a free ID in 1..{max_servers} (free: {free_text}) or run 'registrar "
@@ -1047,11 +1076,7 @@ class _Validator:
         for i, t in enumerate(self.tables(value, "trusted_applications", "trusted_applications")):
             where = f"trusted_applications[{i}]"
             self.keys(t, _APP_KEYS, where)
-            fqdn = self.dns_name(
-                self.string(t, "fqdn", where, fix='add fqdn = "vm.contoso.com"'),
-                f"{where}.fqdn",
-                fqdn=True,
-            )
+            fqdn = self.fqdn(t, where, "vm.contoso.com")
             if fqdn in fes or fqdn in pool_names:
                 what = "an FE" if fqdn in fes else "a pool"
                 raise self.fail(
@@ -1168,6 +1193,37 @@ def _render(doc: tomlkit.TOMLDocument, current: int) -> tuple[str, int]:
         doc["version"] = new
         return tomlkit.dumps(doc).rstrip("\n") + "\n", new
     return f"version = {new}\n\n" + tomlkit.dumps(doc).rstrip("\n") + "\n", new
+
+
+def _save_edit(
+    path: Path | str,
+    original: bytes,
+    doc: tomlkit.TOMLDocument,
+    old: Topology,
+    intended: Callable[[Topology], bool],
+) -> Topology:
+    """Bump the version of the edited ``doc`` (:func:`_render`), validate the result, check
+    that it says what the edit ``intended`` (a predicate on the new topology) and write it
+    atomically over ``path`` (:func:`_write_atomic`; ``original`` is what was read).
+
+    Returns:
+        The new :class:`Topology`.
+
+    Raises:
+        TopologyError: the edited file is invalid, does not say what was intended (an internal
+            error), or cannot be written; nothing is written then.
+    """
+    text, new_version = _render(doc, old.version)
+    new = parse_topology(text, path)
+    if new.version != new_version or not intended(new):
+        raise TopologyError(
+            path,
+            None,
+            "internal error: the edited file does not say what was intended; nothing was written",
+            "report this as a bug",
+        )
+    _write_atomic(path, original, text)
+    return new
 
 
 def _find_pool_table(doc: tomlkit.TOMLDocument, fqdn: str, path: Path | str) -> Any:
@@ -1354,17 +1410,10 @@ def commission(
     new_last = _last_key_item(aot[-1])
     if new_last is not None and rest:
         _append_trail(new_last, "\n" + rest)
-    text, new_version = _render(doc, topo.version)
-    new = parse_topology(text, path)
-    if new.version != new_version or new.pool(pool.fqdn).fe(name).server_id != server_id:
-        raise TopologyError(
-            path,
-            None,
-            "internal error: the edited file does not say what was intended; nothing was written",
-            "report this as a bug",
-        )
-    _write_atomic(path, data, text)
-    return parse_topology(text, path), server_id
+    new = _save_edit(
+        path, data, doc, topo, lambda new: new.pool(pool.fqdn).fe(name).server_id == server_id
+    )
+    return new, server_id
 
 
 def decommission(path: Path | str, fe_fqdn: str) -> Topology:
@@ -1429,17 +1478,9 @@ def decommission(path: Path | str, fe_fqdn: str) -> Topology:
     del aot[index]
     if not len(aot):
         table.remove("front_ends")
-    text, new_version = _render(doc, topo.version)
-    new = parse_topology(text, path)
-    if new.version != new_version or any(f.fqdn == name for f in new.all_front_ends()):
-        raise TopologyError(
-            path,
-            None,
-            "internal error: the edited file does not say what was intended; nothing was written",
-            "report this as a bug",
-        )
-    _write_atomic(path, data, text)
-    return new
+    return _save_edit(
+        path, data, doc, topo, lambda new: not any(f.fqdn == name for f in new.all_front_ends())
+    )
 
 
 # ============================================================================================
@@ -1536,6 +1577,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_edit_json(fe: FrontEndSpec, server_id: int, topo: Topology) -> None:
+    """Print the ``--json`` result of a commission or decommission of ``fe`` (``server_id``:
+    the ID it got or gave back; ``topo``: the topology after the edit)."""
+    result = {
+        "ok": True,
+        "fqdn": fe.fqdn,
+        "pool": fe.pool,
+        "server_id": server_id,
+        "version": topo.version,
+        "digest": topo.digest(),
+    }
+    print(json.dumps(result, indent=2))
+
+
 def _cmd_commission(args: argparse.Namespace) -> int:
     try:
         topo, server_id = commission(
@@ -1554,19 +1609,7 @@ def _cmd_commission(args: argparse.Namespace) -> int:
         return _fail(args, exc)
     fe = topo.fe(args.fqdn)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "fqdn": fe.fqdn,
-                    "pool": fe.pool,
-                    "server_id": server_id,
-                    "version": topo.version,
-                    "digest": topo.digest(),
-                },
-                indent=2,
-            )
-        )
+        _print_edit_json(fe, server_id, topo)
     else:
         print(
             f"commissioned {fe.fqdn} in pool {fe.pool} with server ID {server_id} "
@@ -1584,19 +1627,7 @@ def _cmd_decommission(args: argparse.Namespace) -> int:
         return _fail(args, exc)
     fe = old.fe(args.fqdn)  # decommission() found it there
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "fqdn": fe.fqdn,
-                    "pool": fe.pool,
-                    "server_id": fe.server_id,
-                    "version": topo.version,
-                    "digest": topo.digest(),
-                },
-                indent=2,
-            )
-        )
+        _print_edit_json(fe, fe.server_id, topo)
     else:
         print(
             f"decommissioned {fe.fqdn} (server ID {fe.server_id} of pool {fe.pool} is free; "
@@ -1624,46 +1655,64 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     Args:
         subparsers: the result of ``ArgumentParser.add_subparsers()`` of the main CLI.
     """
-    top = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "topology",
         help="validate, show and edit the topology file (pools, FEs, server IDs; DESIGN.md §8)",
         description="Validate, show and edit the topology TOML file (docs/topology.md).",
     )
 
-    def _usage(_args: argparse.Namespace) -> int:
-        top.print_help(sys.stderr)
-        return 2
+    def command(
+        name: str,
+        help_text: str,
+        description: str,
+        func: Callable[[argparse.Namespace], int],
+        json_help: str = "print the result as JSON",
+        options: Callable[[argparse.ArgumentParser], object] = lambda _p: None,
+    ) -> None:
+        """Add ``topology NAME FILE`` with its ``options`` and then ``--json``."""
+        p = sub.add_parser(name, help=help_text, description=description)
+        p.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
+        options(p)
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.set_defaults(func=func)
 
-    top.set_defaults(func=_usage)
-    sub = top.add_subparsers(dest="topology_command", metavar="COMMAND")
-
-    validate = sub.add_parser(
+    command(
         "validate",
-        help="check a topology file",
-        description="Check a topology file; exit 0 if valid, else 2 with "
-        "the key, the problem and a fix.",
+        "check a topology file",
+        "Check a topology file; exit 0 if valid, else 2 with the key, the problem and a fix.",
+        _cmd_validate,
     )
-    validate.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
-    validate.add_argument("--json", action="store_true", help="print the result as JSON")
-    validate.set_defaults(func=_cmd_validate)
-
-    show = sub.add_parser(
+    command(
         "show",
-        help="print pools, FEs, server IDs, ports and settings",
-        description="Print the validated topology with defaults filled in.",
+        "print pools, FEs, server IDs, ports and settings",
+        "Print the validated topology with defaults filled in.",
+        _cmd_show,
+        json_help="print JSON (docs/topology.md)",
     )
-    show.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
-    show.add_argument("--json", action="store_true", help="print JSON (docs/topology.md)")
-    show.set_defaults(func=_cmd_show)
-
-    com = sub.add_parser(
+    command(
         "commission",
-        help="add an FE to a pool with a random free server ID",
-        description="Add an FE to a pool: assigns a random free server ID (or --server-id), "
-        "bumps the topology version, validates and rewrites the file atomically keeping its "
-        "comments. Prints the assigned ID.",
+        "add an FE to a pool with a random free server ID",
+        "Add an FE to a pool: assigns a random free server ID (or --server-id), bumps the "
+        "topology version, validates and rewrites the file atomically keeping its comments. "
+        "Prints the assigned ID.",
+        _cmd_commission,
+        options=_commission_options,
     )
-    com.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
+    command(
+        "decommission",
+        "remove an FE from the topology file",
+        "Remove an FE from the topology file and bump the version. In a running pool the FE "
+        "drains first (stops accepting, re-homes its users, exits); this command edits the file.",
+        _cmd_decommission,
+        options=lambda p: p.add_argument(
+            "--fqdn", required=True, metavar="FQDN", help="the FE to remove"
+        ),
+    )
+
+
+def _commission_options(com: argparse.ArgumentParser) -> None:
+    """The options of ``topology commission`` after FILE (see :func:`commission`)."""
     com.add_argument("--pool", required=True, metavar="FQDN", help="the pool's FQDN")
     com.add_argument("--fqdn", required=True, metavar="FQDN", help="the new FE's FQDN")
     com.add_argument("--ip", required=True, metavar="ADDR", help="the new FE's IP address")
@@ -1697,17 +1746,3 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     com.add_argument(
         "--server-id", type=int, metavar="N", help="use this free server ID instead of a random one"
     )
-    com.add_argument("--json", action="store_true", help="print the result as JSON")
-    com.set_defaults(func=_cmd_commission)
-
-    dec = sub.add_parser(
-        "decommission",
-        help="remove an FE from the topology file",
-        description="Remove an FE from the topology file and bump the version. In a running "
-        "pool the FE drains first (stops accepting, re-homes its users, exits); this command "
-        "edits the file.",
-    )
-    dec.add_argument("file", type=Path, metavar="FILE", help="the topology TOML file")
-    dec.add_argument("--fqdn", required=True, metavar="FQDN", help="the FE to remove")
-    dec.add_argument("--json", action="store_true", help="print the result as JSON")
-    dec.set_defaults(func=_cmd_decommission)

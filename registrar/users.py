@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import builtins
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -53,6 +54,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sipstack.uri import SipUri, parse_uri, unescape
+
+from .cliutil import add_group
 
 __all__ = [
     "DEFAULT_USERS_DB",
@@ -417,6 +420,22 @@ class UserStore:
             raise
         return changed
 
+    def _update(self, key: str, **columns: str | None) -> bool:
+        """Set ``columns`` (column name -> value) and ``updated_at`` of the user with the
+        normalised AOR ``key`` in one write transaction.
+
+        Returns:
+            ``False`` when there is no such user (nothing changes, the revision stays).
+
+        Raises:
+            UserStoreError: database error.
+        """
+        assignments = "".join(f"{name} = ?, " for name in columns)
+        sql = f"UPDATE users SET {assignments}updated_at = ? WHERE aor = ?"
+        return self._write(
+            lambda db: db.execute(sql, (*columns.values(), time.time(), key)).rowcount > 0
+        )
+
     # -- queries ----------------------------------------------------------------------------------
 
     def revision(self) -> int:
@@ -530,15 +549,7 @@ class UserStore:
         key = normalize_aor(aor)
         _check_password(password)
         md5, sha256 = _ha1s(*_split_aor(key), password)
-        return self._write(
-            lambda db: (
-                db.execute(
-                    "UPDATE users SET ha1_md5 = ?, ha1_sha256 = ?, updated_at = ? WHERE aor = ?",
-                    (md5, sha256, time.time(), key),
-                ).rowcount
-                > 0
-            )
-        )
+        return self._update(key, ha1_md5=md5, ha1_sha256=sha256)
 
     def set_home_pool(self, aor: str, home_pool: str | None) -> bool:
         """Set (an FQDN) or clear (``None``) a user's home pool. ``False``: no such user.
@@ -547,16 +558,7 @@ class UserStore:
             ValueError: bad AOR or home pool. UserStoreError: database error.
         """
         key = normalize_aor(aor)
-        pool = _check_home_pool(home_pool)
-        return self._write(
-            lambda db: (
-                db.execute(
-                    "UPDATE users SET home_pool = ?, updated_at = ? WHERE aor = ?",
-                    (pool, time.time(), key),
-                ).rowcount
-                > 0
-            )
-        )
+        return self._update(key, home_pool=_check_home_pool(home_pool))
 
     def set_policy(self, aor: str, policy: str | None) -> bool:
         """Set or clear (``None``) a user's presence policy tag. ``False``: no such user.
@@ -565,16 +567,7 @@ class UserStore:
             ValueError: bad AOR or tag. UserStoreError: database error.
         """
         key = normalize_aor(aor)
-        tag = _check_policy(policy)
-        return self._write(
-            lambda db: (
-                db.execute(
-                    "UPDATE users SET policy = ?, updated_at = ? WHERE aor = ?",
-                    (tag, time.time(), key),
-                ).rowcount
-                > 0
-            )
-        )
+        return self._update(key, policy=_check_policy(policy))
 
     def import_csv(
         self,
@@ -1001,6 +994,9 @@ class UserDirectory:
 # ---------------------------------------------------------------------------------------------
 
 
+_Handler = Callable[[argparse.Namespace], int]
+
+
 def _err(args: argparse.Namespace, message: str) -> None:
     print(f"users {args.users_command}: {message}", file=sys.stderr)
 
@@ -1024,6 +1020,22 @@ def _open_store(args: argparse.Namespace, create: bool) -> UserStore:
     return UserStore(args.users_db, create=create)
 
 
+def _store_errors(handler: _Handler) -> _Handler:
+    """Wrap a ``users`` command handler: a :class:`UserStoreError` (a database error) it
+    raises is reported on stderr (``users CMD: message``) and the exit code is 1."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except UserStoreError as exc:
+            _err(args, str(exc))
+            return 1
+
+    return run
+
+
+@_store_errors
 def _cmd_add(args: argparse.Namespace) -> int:
     try:
         aor = normalize_aor(args.aor)
@@ -1041,13 +1053,11 @@ def _cmd_add(args: argparse.Namespace) -> int:
     except ValueError as exc:  # already exists
         _err(args, f"{exc} (use --replace to overwrite)")
         return 1
-    except UserStoreError as exc:
-        _err(args, str(exc))
-        return 1
     print(f"{'replaced' if args.replace else 'added'} {aor}")
     return 0
 
 
+@_store_errors
 def _cmd_import(args: argparse.Namespace) -> int:
     path: Path = args.file
     if not path.is_file():
@@ -1072,20 +1082,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         _err(args, f"{path}: {exc}")
         return 1
-    except UserStoreError as exc:
-        _err(args, str(exc))
-        return 1
     print(f"imported {count} users from {path} in {time.perf_counter() - started:.2f} s")
     return 0
 
 
+@_store_errors
 def _cmd_list(args: argparse.Namespace) -> int:
-    try:
-        with _open_store(args, create=False) as store:
-            records = store.list(args.pattern)
-    except UserStoreError as exc:
-        _err(args, str(exc))
-        return 1
+    with _open_store(args, create=False) as store:
+        records = store.list(args.pattern)
     if args.json:
         out = [
             {
@@ -1107,47 +1111,52 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_remove(args: argparse.Namespace) -> int:
+def _aor_arg(args: argparse.Namespace) -> str | None:
+    """``args.aor`` normalised (:func:`normalize_aor`); ``None`` (reported) if it is invalid."""
     try:
-        aor = normalize_aor(args.aor)
+        return normalize_aor(args.aor)
     except ValueError as exc:
         _err(args, str(exc))
-        return 2
-    try:
-        with _open_store(args, create=False) as store:
-            found = store.remove(aor)
-    except UserStoreError as exc:
-        _err(args, str(exc))
-        return 1
+        return None
+
+
+def _update_user(
+    args: argparse.Namespace, aor: str, update: Callable[[UserStore], bool], done: str
+) -> int:
+    """Apply ``update`` to the existing database (``update(store)`` is ``False`` when there is
+    no such user) and report: ``done`` on stdout and 0, or ``"<aor>: no such user"`` on stderr
+    and 1. Raises :class:`UserStoreError` (see :func:`_store_errors`)."""
+    with _open_store(args, create=False) as store:
+        found = update(store)
     if not found:
         _err(args, f"{aor}: no such user")
         return 1
-    print(f"removed {aor}")
+    print(done)
     return 0
 
 
+@_store_errors
+def _cmd_remove(args: argparse.Namespace) -> int:
+    aor = _aor_arg(args)
+    if aor is None:
+        return 2
+    return _update_user(args, aor, lambda store: store.remove(aor), f"removed {aor}")
+
+
+@_store_errors
 def _cmd_set_password(args: argparse.Namespace) -> int:
-    try:
-        aor = normalize_aor(args.aor)
-    except ValueError as exc:
-        _err(args, str(exc))
+    aor = _aor_arg(args)
+    if aor is None:
         return 2
     password = _read_password(args)
     if password is None:
         return 2
-    try:
-        with _open_store(args, create=False) as store:
-            found = store.set_password(aor, password)
-    except UserStoreError as exc:
-        _err(args, str(exc))
-        return 1
-    if not found:
-        _err(args, f"{aor}: no such user")
-        return 1
-    print(f"password changed for {aor}")
-    return 0
+    return _update_user(
+        args, aor, lambda store: store.set_password(aor, password), f"password changed for {aor}"
+    )
 
 
+@_store_errors
 def _cmd_set_home_pool(args: argparse.Namespace) -> int:
     try:
         aor = normalize_aor(args.aor)
@@ -1155,17 +1164,12 @@ def _cmd_set_home_pool(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(args, str(exc))
         return 2
-    try:
-        with _open_store(args, create=False) as store:
-            found = store.set_home_pool(aor, pool)
-    except UserStoreError as exc:
-        _err(args, str(exc))
-        return 1
-    if not found:
-        _err(args, f"{aor}: no such user")
-        return 1
-    print(f"home pool of {aor}: {pool or '(this pool)'}")
-    return 0
+    return _update_user(
+        args,
+        aor,
+        lambda store: store.set_home_pool(aor, pool),
+        f"home pool of {aor}: {pool or '(this pool)'}",
+    )
 
 
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -1190,7 +1194,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     Args:
         subparsers: the result of ``ArgumentParser.add_subparsers()`` of the main CLI.
     """
-    users = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "users",
         help="manage the user directory (AORs, digest HA1s, home pools; DESIGN.md §8)",
         description=(
@@ -1199,13 +1204,6 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "FEs notice changes within a second."
         ),
     )
-
-    def _usage(_args: argparse.Namespace) -> int:
-        users.print_help(sys.stderr)
-        return 2
-
-    users.set_defaults(func=_usage)
-    sub = users.add_subparsers(dest="users_command", metavar="COMMAND")
 
     def command(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> Any:
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -37,6 +37,7 @@ __all__ = [
     "NameAddr",
     "Via",
     "canonical_name",
+    "check_name_addr",
     "format_params",
     "header_key",
     "is_token",
@@ -456,12 +457,17 @@ class NameAddr:
         params: header parameters with lower-cased names (``tag``, ``expires``, ``q``,
             ``+sip.instance`` ...); quoted values keep their quotes.
         wildcard: ``True`` for ``Contact: *``.
+        uri_text: ``str(uri)`` as the parser found it written, when the text was already in
+            that canonical form (the usual ``<sip:user@host:port;params>``), else ``None``:
+            ``na.uri_text or str(na.uri)`` saves re-serialising a received URI. Not compared;
+            set it back to ``None`` if you change :attr:`uri` in place.
     """
 
     uri: Uri | None
     display_name: str | None = None
     params: dict[str, str | None] = field(default_factory=dict)
     wildcard: bool = False
+    uri_text: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def tag(self) -> str | None:
@@ -601,7 +607,33 @@ def parse_name_addr(value: str) -> NameAddr:
         na.display_name = None
     na.params = params
     na.wildcard = False
+    # str(uri) is the text itself unless the scheme or the port was written differently.
+    if (scheme == "sip" or scheme == "sips") and (port is None or port[0] != "0"):
+        na.uri_text = value[m.start(3) : m.end(7)]
+    else:
+        na.uri_text = None
     return na
+
+
+def check_name_addr(value: str) -> NameAddr | None:
+    """Check that ``value`` is a name-addr as :func:`parse_name_addr` would accept it, parsing
+    it only when needed: the usual form (``[display] <sip:...>[;tag=...]`` with a valid port and
+    no other parameter) is recognised by one regular-expression match and gives ``None``; any
+    other text is parsed and its :class:`NameAddr` returned.
+
+    For the From header of every request, which most elements never look into (the response
+    copies its text): :attr:`sipstack.message.Message.from_` parses it if asked.
+
+    Raises:
+        SipParseError: as :func:`parse_name_addr`.
+    """
+    m = _NAME_ADDR_FAST_RE.match(value)
+    if m is None or m.group(9):
+        return parse_name_addr(value)
+    port = m.group(6)
+    if port is not None and int(port) > 65535:
+        return parse_name_addr(value)  # raises, with the usual message
+    return None
 
 
 def _parse_name_addr_slow(value: str) -> NameAddr:

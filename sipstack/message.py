@@ -38,6 +38,7 @@ from .headers import (
 from .uri import Uri, parse_uri
 
 __all__ = [
+    "FIRST_VALUES",
     "REASON_PHRASES",
     "Message",
     "Request",
@@ -92,6 +93,10 @@ for _compact, _key in COMPACT_FORMS.items():
 _MISSING: Any = object()
 _TOKENS = "tokens:"  # cache-key prefix of Message.tokens()
 _RURI = " ruri"  # cache key of Request.request_uri (a header key never has a space)
+FIRST_VALUES = " first"
+"""Cache key of the ``{key: value of the first field of that name}`` dict that
+:func:`sipstack.parser.validate_request` leaves in a message's view cache: :meth:`Message.get`
+and ``in`` then cost one dict look-up. Dropped with the other views when the headers change."""
 
 
 def _key_of(name: str) -> str:
@@ -190,11 +195,15 @@ class Message:
         if cache:
             cache.pop(key, None)
             cache.pop(_TOKENS + key, None)
+            cache.pop(FIRST_VALUES, None)
 
     # ----------------------------------------------------------------- raw header access
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first header field called ``name`` (any case, compact or full)."""
         key = _key_cache.get(name) or _key_of(name)
+        first = self._cache.get(FIRST_VALUES)
+        if first is not None:
+            return first.get(key, default)  # type: ignore[no-any-return]
         for k, _, v in self._headers:
             if k == key:
                 return v
@@ -229,7 +238,10 @@ class Message:
         if not isinstance(name, str):
             return False
         key = _key_cache.get(name) or _key_of(name)
-        return any(k == key for k, _, _ in self._headers)
+        first = self._cache.get(FIRST_VALUES)
+        if first is not None:
+            return key in first
+        return key in [k for k, _, _ in self._headers]
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Append a header field (or insert it before all others with ``first=True``;

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from .errors import SipParseError
@@ -41,11 +42,20 @@ from .headers import (
     METHODS,
     SINGLE_VALUED,
     canonical_name,
+    check_name_addr,
     parse_cseq,
     parse_name_addr,
     parse_uint,
 )
-from .message import Message, Request, Response, check_call_id, parse_contacts, parse_vias
+from .message import (
+    FIRST_VALUES,
+    Message,
+    Request,
+    Response,
+    check_call_id,
+    parse_contacts,
+    parse_vias,
+)
 from .uri import SipUri
 
 __all__ = ["parse_message", "validate_request", "validate_response"]
@@ -275,22 +285,36 @@ def _response(line: str, headers: list[tuple[str, str, str]], body: bytes) -> Re
     return Response(int(code), reason, headers, body, _check_version(version))
 
 
+_KEY_VALUE = itemgetter(0, 2)
+
+
 def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
     """Checks shared by requests and responses; returns the message's view cache and its
     Contact field lines. The parsed views go into the message's cache, so that ``msg.vias``,
-    ``msg.from_`` ... cost nothing afterwards."""
-    first: dict[str, str] = {}  # the value of the first field of each name
-    vias: list[str] = []
-    contacts: list[str] = []
-    for key, _, value in msg._headers:
-        if key == "via":
-            vias.append(value)
-        elif key == "contact":
-            contacts.append(value)
-        elif key not in first:
-            first[key] = value
-        elif key in SINGLE_VALUED:
-            raise SipParseError(f"more than one {canonical_name(key)}")  # RFC 4475 §3.3.8
+    ``msg.to`` ... cost nothing afterwards, with the first value of every header name
+    (:data:`~sipstack.message.FIRST_VALUES`). The From is only checked when it has the usual
+    ``<sip:...>;tag=...`` form (``msg.from_`` parses it on first use)."""
+    headers = msg._headers
+    # The first value of each name: dict() keeps the last of equal keys, hence reversed().
+    first: dict[str, str] = dict(map(_KEY_VALUE, reversed(headers)))
+    if len(first) == len(headers):  # every name once (the usual request): no duplicates
+        value = first.get("via")
+        vias = [value] if value is not None else []
+        value = first.get("contact")
+        contacts = [value] if value is not None else []
+    else:
+        vias = []
+        contacts = []
+        seen: set[str] = set()
+        for key, _, value in headers:
+            if key == "via":
+                vias.append(value)
+            elif key == "contact":
+                contacts.append(value)
+            elif key not in seen:
+                seen.add(key)
+            elif key in SINGLE_VALUED:
+                raise SipParseError(f"more than one {canonical_name(key)}")  # RFC 4475 §3.3.8
     cache = msg._cache
     parsed = cache.get("via")
     if parsed is None:
@@ -302,7 +326,9 @@ def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
         value = first.get("from")
         if value is None:
             raise SipParseError("missing From")
-        cache["from"] = parse_name_addr(value)
+        na = check_name_addr(value)
+        if na is not None:
+            cache["from"] = na
     if "to" not in cache:
         value = first.get("to")
         if value is None:
@@ -325,6 +351,7 @@ def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
     if "expires" not in cache:
         value = first.get("expires")
         cache["expires"] = None if value is None else parse_uint(value, 2**32 - 1, "Expires")
+    cache[FIRST_VALUES] = first
     return cache, contacts
 
 
@@ -340,8 +367,10 @@ def validate_request(req: Request) -> None:
     The Request-URI *scheme* is not checked here: that is the element's 416 decision, nor is
     the Contact ``*`` rule of RFC 3261 §10.3 step 6 (the registrar's).
 
-    Afterwards the typed views (``vias``, ``from_``, ``to``, ``call_id``, ``cseq``,
-    ``max_forwards``, ``expires``, ``contacts``, ``request_uri``) are parsed and cached.
+    Afterwards the typed views (``vias``, ``to``, ``call_id``, ``cseq``, ``max_forwards``,
+    ``expires``, ``contacts``, ``request_uri``) are parsed and cached, and so is the first value
+    of every header name (``get()`` and ``in`` are one look-up). ``from_`` is checked, and
+    parsed on first use when it has the usual form (:func:`~sipstack.headers.check_name_addr`).
 
     Raises:
         SipParseError: with status 400.

@@ -953,6 +953,43 @@ class TransactionLayer:
         return table.get(txn.key) is txn
 
     # ------------------------------------------------------------------ server side
+    def answers_at_once(self, request: Request) -> bool:
+        """True when ``request``, received over a *reliable* transport, needs no server
+        transaction because the TU answers it with a final response before returning.
+
+        RFC 3261 §17.2.2: on a reliable transport Timer J is zero, so a non-INVITE server
+        transaction ends the moment its final response is sent; created and ended within one
+        call it has nothing to absorb. That holds when the method is neither INVITE, ACK nor
+        CANCEL (§17.2.1, §9.2), no live server transaction matches the request (a
+        retransmission of one first received over UDP still goes to it) and the table is under
+        ``max_transactions`` (else the caller must take :meth:`receive_request`, which answers
+        the overload 503). The caller sends the TU's final response itself; for anything else
+        (no response, a provisional one) it falls back to :meth:`receive_request`.
+
+        Raises:
+            SipParseError: the request lacks a header the matching needs (as
+                :meth:`receive_request`).
+        """
+        method = request.method
+        if method == "INVITE" or method == "ACK" or method == "CANCEL":
+            return False
+        server = self._server
+        if self.max_transactions is not None and len(server) + len(self._client) >= (
+            self.max_transactions
+        ):
+            return False
+        if not server:
+            return True
+        via = request.top_via
+        branch = via.params.get("branch")
+        if branch is not None and len(branch) > 7 and branch.startswith(MAGIC_COOKIE):
+            host = via.host.lower()
+            port = via.port
+            key: Hashable = ("3261", branch, host if port is None else f"{host}:{port}", method)
+        else:
+            key = _key_2543(request, method)
+        return key not in server
+
     def receive_request(
         self, request: Request, source: Any, now: float, *, reliable: bool | None = None
     ) -> list[Event]:

@@ -42,7 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
-from procs import REPO, SipStream, header_values, read_message, registrar_command, status_of
+from procs import (
+    REPO,
+    SipStream,
+    header_values,
+    read_message,
+    registrar_command,
+    run_sipp_command,
+    status_of,
+    wait_until,
+)
 
 from registrar.pool.sequence import logical_sequence
 from registrar.users import normalize_aor
@@ -286,14 +295,8 @@ def _wait_until(
     message: str | Callable[[], str],
     poll: float = 0.05,
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(message() if callable(message) else message)
-        time.sleep(poll)
+    """:func:`procs.wait_until` polling every ``poll`` seconds (TimeoutError past ``timeout``)."""
+    return wait_until(predicate, timeout, poll, message)
 
 
 @dataclass
@@ -361,11 +364,20 @@ class PoolStartError(RuntimeError):
     """A process of the pool exited while the pool was starting (its log tail is the message)."""
 
 
-def start_pool(root: Path, block: str, users: int = 2000, attempts: int = 3) -> LivePool:
-    """:func:`write_topology` + :meth:`LivePool.prepare` + :meth:`LivePool.start`, again with
+def start_pool(
+    root: Path,
+    block: str,
+    users: int = 2000,
+    attempts: int = 3,
+    *,
+    layout: Callable[[Path, str], PoolLayout] = write_topology,
+    pool_class: type[LivePool] | None = None,
+) -> LivePool:
+    """``layout(root / "attemptN", block)`` (default :func:`write_topology`) + ``pool_class``
+    (default :class:`LivePool`) :meth:`~LivePool.prepare` + :meth:`~LivePool.start`, again with
     fresh ports (up to ``attempts`` times) when a port was taken between choosing and binding."""
     for attempt in range(attempts):
-        live = LivePool(write_topology(root / f"attempt{attempt + 1}", block), users=users)
+        live = (pool_class or LivePool)(layout(root / f"attempt{attempt + 1}", block), users=users)
         try:
             live.prepare()
             live.start()
@@ -384,6 +396,9 @@ class LivePool:
         layout: from :func:`write_topology`.
         users: demo users to import (``user0001..``, password ``demo``).
     """
+
+    fe_log_level = "warning"
+    """``--log-level`` of the FEs :meth:`start_fe` starts."""
 
     def __init__(self, layout: PoolLayout, users: int = 2000) -> None:
         self.layout = layout
@@ -450,7 +465,7 @@ class LivePool:
                 "--fe",
                 fe.fqdn,
                 "--log-level",
-                "warning",
+                self.fe_log_level,
             ],
             self.log_dir / f"{fe.name}.log",
         )
@@ -748,34 +763,13 @@ def run_pool_sipp(
         "-trace_err", "-error_file", str(errors),
         "-nostdin", f"{fe.ip}:{fe.tcp_port}",
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            cmd,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout + 30,
-            check=False,
-        )
-        returncode, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        returncode, output = -9, f"sipp killed after {timeout + 30:.0f}s: {exc}"
-    row: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        rows = list(csv.reader(stat.read_text(errors="replace").splitlines(), delimiter=";"))
-        if len(rows) >= 2:
-            row = dict(zip(rows[0], rows[-1], strict=False))
-    err_text = ""
-    with contextlib.suppress(OSError):
-        err_text = errors.read_text(errors="replace")[:4000]
+    run = run_sipp_command(cmd, workdir, stat, errors, timeout + 30)
     return PoolSippResult(
-        ok=int(row.get("SuccessfulCall(C)") or 0),
-        failed=int(row.get("FailedCall(C)") or 0),
-        returncode=returncode,
-        output=output,
-        errors=err_text,
+        ok=int(run.stat.get("SuccessfulCall(C)") or 0),
+        failed=int(run.stat.get("FailedCall(C)") or 0),
+        returncode=run.returncode,
+        output=run.output,
+        errors=run.errors,
     )
 
 

@@ -7,6 +7,8 @@
 * A small synchronous SIP client: :func:`options_request`, :func:`sip_request`,
   :class:`SipStream` (one TCP/TLS connection), :func:`read_message`, :func:`status_of`,
   :func:`header_values`.
+* The ``registrar`` CLI and an FE's admin API: :func:`run_cli`, :func:`make_users_db`,
+  :func:`admin_address`, :func:`fe_bindings`, :func:`fe_status`.
 * :func:`wait_until` — poll a condition with a deadline.
 
 Everything waits on conditions with deadlines; nothing sleeps a fixed time to synchronise.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
+import json
 import os
 import re
 import shutil
@@ -28,26 +31,35 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 __all__ = [
     "REPO",
     "FeProcess",
     "SipStream",
     "SippResult",
+    "SippRun",
+    "admin_address",
     "client_ssl_context",
     "cpu_seconds",
+    "fe_bindings",
+    "fe_status",
     "free_port",
     "header_values",
+    "make_users_db",
     "options_request",
     "read_message",
     "registrar_command",
     "require_command",
+    "run_cli",
     "run_sipp",
+    "run_sipp_command",
     "sip_request",
     "status_of",
     "wait_until",
@@ -65,12 +77,17 @@ _counter = itertools.count(1)
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float, interval: float = 0.02, message: str = ""
+    predicate: Callable[[], T],
+    timeout: float,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "",
+    error: type[Exception] = TimeoutError,
 ) -> T:
     """Call ``predicate`` every ``interval`` seconds until it returns a truthy value; return it.
 
     Raises:
-        TimeoutError: still falsy after ``timeout`` seconds (``message`` says what was awaited).
+        TimeoutError (or ``error``): still falsy after ``timeout`` seconds; ``message`` (a
+            string, or a function called then) says what was awaited.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -78,7 +95,8 @@ def wait_until(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(message or f"condition not met within {timeout}s")
+            text = message() if callable(message) else message
+            raise error(text or f"condition not met within {timeout}s")
         time.sleep(interval)
 
 
@@ -616,6 +634,68 @@ class FeProcess:
         return f"<FeProcess {self.name} {self.host} {self.ports}>"
 
 
+# ------------------------------------------------------------- registrar CLI, admin API
+
+
+def run_cli(*args: str) -> str:
+    """Run ``registrar ARGS``; its stdout (exit code 0 asserted)."""
+    proc = subprocess.run(
+        [*registrar_command(), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, f"registrar {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def make_users_db(directory: Path, users: dict[str, str], domain: str = "contoso.com") -> Path:
+    """A user directory ``directory/users.db`` holding ``users`` (user part → password) of
+    ``domain``, made with ``registrar users import`` from a CSV with the header
+    ``aor,password`` (``directory`` is created when missing)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "users.db"
+    csv_path = directory / "users.csv"
+    lines = ["aor,password"] + [f'sip:{u}@{domain},"{p}"' for u, p in users.items()]
+    csv_path.write_text("\n".join(lines) + "\n")
+    run_cli("users", "import", str(csv_path), "--users-db", str(db))
+    return db
+
+
+def admin_address(fe: FeProcess) -> str:
+    """``HOST:PORT`` of the FE's admin API (the FE must run with ``admin=True``)."""
+    assert fe.admin_addr is not None, "start the FE with admin=True"
+    return f"{fe.admin_addr[0]}:{fe.admin_addr[1]}"
+
+
+def fe_bindings(
+    fe: FeProcess,
+    user: str,
+    *,
+    cli: bool = False,
+    domain: str = "contoso.com",
+    timeout: float = 10.0,
+) -> list[dict[str, Any]]:
+    """The bindings of ``sip:USER@DOMAIN`` on a running FE: with ``cli``, what ``registrar
+    bindings AOR --json`` prints (a process start, about a second), else the admin API's
+    ``/bindings`` answer that the command prints (waiting at most ``timeout`` seconds)."""
+    aor = f"sip:{user}@{domain}"
+    if cli:
+        rows: list[dict[str, Any]] = json.loads(
+            run_cli("bindings", aor, "--admin", admin_address(fe), "--json")
+        )
+        return rows
+    url = f"http://{admin_address(fe)}/bindings?aor={urllib.parse.quote(aor, safe='')}"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        rows = json.loads(resp.read())
+    return rows
+
+
+def fe_status(fe: FeProcess, timeout: float = 10.0) -> dict[str, Any]:
+    """The FE's admin ``/status`` object (waiting at most ``timeout`` seconds)."""
+    url = f"http://{admin_address(fe)}/status"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body: dict[str, Any] = json.loads(resp.read())
+    return body
+
+
 # ------------------------------------------------------------------------------------ sipp
 
 
@@ -694,6 +774,46 @@ def run_sipp(
         *extra,
         f"{host}:{port}",
     ]  # fmt: skip
+    run = run_sipp_command(cmd, workdir, stat_file, err_file, limit + 30)
+    stat = run.stat
+    counters = {
+        name[:-3]: int(value)
+        for name, value in stat.items()
+        if name.endswith("(C)") and value.isdigit() and int(value)
+    }
+    return SippResult(
+        ok=int(stat.get("SuccessfulCall(C)") or 0),
+        failed=int(stat.get("FailedCall(C)") or 0),
+        created=int(stat.get("TotalCallCreated") or 0),
+        returncode=run.returncode,
+        counters=counters,
+        stat=stat,
+        output=run.output,
+        errors=run.errors,
+    )
+
+
+class SippRun(NamedTuple):
+    """How a sipp run ended (:func:`run_sipp_command`).
+
+    Attributes:
+        returncode: sipp's exit status (-9 when it was killed at the deadline).
+        output: its stdout and stderr.
+        stat: the last row of its ``-trace_stat`` CSV by column name (empty when none).
+        errors: the first 4,000 characters of its ``-trace_err`` file (empty when none).
+    """
+
+    returncode: int
+    output: str
+    stat: dict[str, str]
+    errors: str
+
+
+def run_sipp_command(
+    cmd: Sequence[str], workdir: Path, stat_file: Path, err_file: Path, timeout: float
+) -> SippRun:
+    """Run the sipp command line ``cmd`` in ``workdir``, killed after ``timeout`` seconds, and
+    read its ``-trace_stat`` file ``stat_file`` and ``-trace_err`` file ``err_file``."""
     try:
         proc = subprocess.run(
             cmd,
@@ -702,36 +822,22 @@ def run_sipp(
             capture_output=True,
             text=True,
             errors="replace",
-            timeout=limit + 30,
+            timeout=timeout,
             check=False,
         )
         returncode, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:
         returncode = -9
-        output = f"sipp killed after {limit + 30:.0f}s\n{exc.stdout or ''}"
+        output = f"sipp killed after {timeout:.0f}s\n{exc.stdout or ''}"
     stat: dict[str, str] = {}
     with contextlib.suppress(OSError):
         rows = list(csv.reader(stat_file.read_text(errors="replace").splitlines(), delimiter=";"))
         if len(rows) >= 2:
             stat = dict(zip(rows[0], rows[-1], strict=False))
-    counters = {
-        name[:-3]: int(value)
-        for name, value in stat.items()
-        if name.endswith("(C)") and value.isdigit() and int(value)
-    }
     errors = ""
     with contextlib.suppress(OSError), err_file.open(errors="replace") as fh:
         errors = fh.read(4000)
-    return SippResult(
-        ok=int(stat.get("SuccessfulCall(C)") or 0),
-        failed=int(stat.get("FailedCall(C)") or 0),
-        created=int(stat.get("TotalCallCreated") or 0),
-        returncode=returncode,
-        counters=counters,
-        stat=stat,
-        output=output if isinstance(output, str) else str(output),
-        errors=errors,
-    )
+    return SippRun(returncode, output if isinstance(output, str) else str(output), stat, errors)
 
 
 def cpu_seconds(pid: int) -> float:

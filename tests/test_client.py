@@ -866,10 +866,15 @@ async def test_flow_loss_reregisters_from_dns_on_the_other_fe(pool: Pool, subscr
             assert "subscribed" not in events.names()
         assert not task.done()
     finally:
-        stop.set()
-        await asyncio.wait_for(task, DEADLINE)
-        await client.unregister()
-        await client.close()
+        await _end_run(client, stop, task)
+
+
+async def _end_run(client: PoolClient, stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
+    """End ``task`` (``client.run(stop)``) by setting ``stop``, then unregister and close."""
+    stop.set()
+    await asyncio.wait_for(task, DEADLINE)
+    await client.unregister()
+    await client.close()
 
 
 def _full_notify_listing(client: PoolClient, contact: str) -> RegInfo | None:
@@ -1145,40 +1150,36 @@ def _client_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "registrar.client", *args]
 
 
+def _run_client(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m registrar.client ARGS`` in the checkout, killed after ``timeout`` seconds;
+    its exit code and output (not checked)."""
+    return subprocess.run(
+        _client_cmd(*args), capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
+    )
+
+
 @pytest.mark.network
 def test_cli_register_once(pool: Pool) -> None:
-    proc = subprocess.run(
-        _client_cmd(
-            "register", "sip:alice@contoso.com", "--password", "secret", "--dns", pool.dns,
-            "--ca", str(pool.ca), "--once", "--json",
-        ),
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    proc = _run_client(
+        "register", "sip:alice@contoso.com", "--password", "secret", "--dns", pool.dns,
+        "--ca", str(pool.ca), "--once", "--json",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     assert result["fe_fqdn"] in (FE1, FE2) and result["algorithm"] == "SHA-256"
-    proc = subprocess.run(
-        _client_cmd(
-            "register", "sip:alice@contoso.com", "--password", "secret", "--dns", pool.dns,
-            "--ca", str(pool.ca), "--once", "--subscribe",
-        ),
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    proc = _run_client(
+        "register", "sip:alice@contoso.com", "--password", "secret", "--dns", pool.dns,
+        "--ca", str(pool.ca), "--once", "--subscribe",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("registered sip:alice@contoso.com on "), proc.stdout
-    proc = subprocess.run(
-        _client_cmd(
-            "register", "sip:bob@fabrikam.com", "--password", "x", "--dns", pool.dns,
-            "--ca", str(pool.ca), "--once",
-        ),
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    proc = _run_client(
+        "register", "sip:bob@fabrikam.com", "--password", "x", "--dns", pool.dns,
+        "--ca", str(pool.ca), "--once",
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "no SRV record" in proc.stderr
-    proc = subprocess.run(
-        _client_cmd("register", "sip:alice@contoso.com", "--password", "x", "--once"),
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
-    )  # fmt: skip
+    proc = _run_client("register", "sip:alice@contoso.com", "--password", "x", "--once")
     assert proc.returncode == 2 and "--dns" in proc.stderr
 
 
@@ -1216,12 +1217,9 @@ def test_cli_register_keeps_registration_until_sigterm(pool: Pool) -> None:
 
 @pytest.mark.network
 def test_cli_load_registers_fifty_users(pool: Pool) -> None:
-    proc = subprocess.run(
-        _client_cmd(
-            "load", "--users", str(LOAD_USERS), "--password", "demo", "--dns", pool.dns,
-            "--ca", str(pool.ca), "--concurrency", "20", "--hold", "1", "--json",
-        ),
-        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+    proc = _run_client(
+        "load", "--users", str(LOAD_USERS), "--password", "demo", "--dns", pool.dns,
+        "--ca", str(pool.ca), "--concurrency", "20", "--hold", "1", "--json", timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
@@ -1375,10 +1373,7 @@ async def test_deactivated_notify_sends_the_client_home_through_the_301(
         )
         assert not task.done()
     finally:
-        stop.set()
-        await asyncio.wait_for(task, DEADLINE)
-        await client.unregister()
-        await client.close()
+        await _end_run(client, stop, task)
 
 
 _LIVE = re.compile(

@@ -50,7 +50,7 @@ from pooltools import (
     start_pool,
     write_topology,
 )
-from procs import registrar_command, require_command
+from procs import registrar_command, require_command, wait_until
 
 pytestmark = pytest.mark.network
 
@@ -74,14 +74,7 @@ SEED = _seed()
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | str) -> Any:
     """Poll ``predicate`` until truthy (returned) or ``timeout`` seconds (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(what() if callable(what) else what)
-        time.sleep(0.1)
+    return wait_until(predicate, timeout, 0.1, what, AssertionError)
 
 
 def ensure_all_up(pool: LivePool) -> None:

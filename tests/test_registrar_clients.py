@@ -20,13 +20,10 @@ Every run of an external tool is bounded; every wait is a condition with a deadl
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
 import subprocess
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -36,9 +33,11 @@ import pytest
 from procs import (
     FeProcess,
     SipStream,
+    fe_bindings,
+    fe_status,
     free_port,
     header_values,
-    registrar_command,
+    make_users_db,
     require_command,
     status_of,
     wait_until,
@@ -57,51 +56,10 @@ MAX_FAILURES = 10  # RegistrarSettings.max_failures: failed authentications per 
 # ------------------------------------------------------------------------------ helpers
 
 
-def run_cli(*args: str) -> str:
-    proc = subprocess.run(
-        [*registrar_command(), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, f"registrar {' '.join(args)}: {proc.stdout}{proc.stderr}"
-    return proc.stdout
-
-
-def admin(fe: FeProcess) -> str:
-    assert fe.admin_addr is not None
-    return f"{fe.admin_addr[0]}:{fe.admin_addr[1]}"
-
-
-def bindings(fe: FeProcess, user: str, *, cli: bool = False) -> list[dict[str, Any]]:
-    """The AOR's bindings: ``registrar bindings --json`` (``cli``), else the admin API."""
-    aor = f"sip:{user}@{DOMAIN}"
-    if cli:
-        rows: list[dict[str, Any]] = json.loads(
-            run_cli("bindings", aor, "--admin", admin(fe), "--json")
-        )
-        return rows
-    url = f"http://{admin(fe)}/bindings?aor={urllib.parse.quote(aor, safe='')}"
-    with urllib.request.urlopen(url, timeout=ANSWER) as resp:
-        rows = json.loads(resp.read())
-    return rows
-
-
-def status(fe: FeProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{admin(fe)}/status", timeout=ANSWER) as resp:
-        body: dict[str, Any] = json.loads(resp.read())
-    return body
-
-
 @pytest.fixture
 def users_db(tmp_path: Path) -> Path:
     """A user directory with :data:`USERS` (``registrar users import``)."""
-    directory = tmp_path / "users"
-    directory.mkdir()
-    csv_path = directory / "users.csv"
-    csv_path.write_text(
-        "aor,password\n" + "".join(f"sip:{u}@{DOMAIN},{p}\n" for u, p in USERS.items())
-    )
-    db = directory / "users.db"
-    run_cli("users", "import", str(csv_path), "--users-db", str(db))
-    return db
+    return make_users_db(tmp_path / "users", USERS, DOMAIN)
 
 
 def register_tcp(fe: FeProcess, user: str, password: str, expires: int = 600) -> bytes:
@@ -212,10 +170,10 @@ def test_baresip_registers_over_tls_and_unregisters(
         def registered() -> list[dict[str, Any]]:
             if proc.poll() is not None:
                 raise AssertionError(f"baresip exited with {proc.returncode}:\n{output()}")
-            return bindings(fe, "alice")
+            return fe_bindings(fe, "alice")
 
         rows = wait_until(registered, 20, 0.1, f"baresip did not register:\n{output()}")
-        rows = bindings(fe, "alice", cli=True)
+        rows = fe_bindings(fe, "alice", cli=True)
         assert len(rows) == 1, rows
         row = rows[0]
         assert re.fullmatch(r"sip:alice-[0-9a-fx]+@127\.0\.0\.1:\d+;transport=tls", row["contact"])
@@ -231,7 +189,7 @@ def test_baresip_registers_over_tls_and_unregisters(
         except subprocess.TimeoutExpired:
             raise AssertionError(f"baresip did not quit:\n{output()}") from None
         assert code == 0, output()
-    assert bindings(fe, "alice", cli=True) == []
+    assert fe_bindings(fe, "alice", cli=True) == []
     assert "expires=0" in output()
     assert "Traceback" not in fe.log_text(), fe.log_tail()
 
@@ -326,7 +284,7 @@ def test_svwar_cannot_tell_users_apart(vicious_fe: FeProcess, tmp_path: Path) ->
 
 
 def _blocked_count(fe: FeProcess) -> int:
-    return int(status(fe)["register"]["blocked"])
+    return int(fe_status(fe)["register"]["blocked"])
 
 
 def _svcrack_until_blocked(fe: FeProcess, user: str, words: list[str], tmp_path: Path) -> str:
@@ -385,7 +343,7 @@ def test_svcrack_is_blocked_after_the_failure_threshold(
     assert "The password for" not in out, out
     assert f"trying {USERS['bob']}" not in out, out
     assert status_of(register_tcp(fe, "bob", USERS["bob"])) == 403
-    assert bindings(fe, "bob") == []
+    assert fe_bindings(fe, "bob") == []
     assert "Traceback" not in fe.log_text(), fe.log_tail()
 
 

@@ -16,13 +16,10 @@ Every wait is a condition with a deadline; no assertion is about speed.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,10 +30,13 @@ from procs import (
     REPO,
     FeProcess,
     SipStream,
+    fe_bindings,
+    fe_status,
     free_port,
     header_values,
-    registrar_command,
+    make_users_db,
     require_command,
+    run_cli,
     run_sipp,
     status_of,
     wait_until,
@@ -54,55 +54,6 @@ SLACK = 3  # seconds an "expires" may lag behind the requested value (registrati
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def make_users_db(directory: Path, users: dict[str, str]) -> Path:
-    """A user directory holding ``users`` (user part → password), made with
-    ``registrar users import`` from a CSV with the header ``aor,password``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    db = directory / "users.db"
-    csv_path = directory / "users.csv"
-    lines = ["aor,password"] + [f'sip:{u}@{DOMAIN},"{p}"' for u, p in users.items()]
-    csv_path.write_text("\n".join(lines) + "\n")
-    run_cli("users", "import", str(csv_path), "--users-db", str(db))
-    return db
-
-
-def run_cli(*args: str) -> str:
-    """Run ``registrar ARGS``; its stdout (exit code 0 asserted)."""
-    proc = subprocess.run(
-        [*registrar_command(), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, f"registrar {' '.join(args)}: {proc.stdout}{proc.stderr}"
-    return proc.stdout
-
-
-def admin(fe: FeProcess) -> str:
-    assert fe.admin_addr is not None, "start the FE with admin=True"
-    return f"{fe.admin_addr[0]}:{fe.admin_addr[1]}"
-
-
-def bindings(fe: FeProcess, user: str, *, cli: bool = False) -> list[dict[str, Any]]:
-    """The bindings of ``sip:USER@contoso.com`` on a running FE: with ``cli``, what
-    ``registrar bindings AOR --json`` prints (a process start, about a second), else the
-    admin API's ``/bindings`` answer that the command prints."""
-    aor = f"sip:{user}@{DOMAIN}"
-    if cli:
-        rows: list[dict[str, Any]] = json.loads(
-            run_cli("bindings", aor, "--admin", admin(fe), "--json")
-        )
-        return rows
-    url = f"http://{admin(fe)}/bindings?aor={urllib.parse.quote(aor, safe='')}"
-    with urllib.request.urlopen(url, timeout=ANSWER) as resp:
-        rows = json.loads(resp.read())
-    return rows
-
-
-def status(fe: FeProcess) -> dict[str, Any]:
-    """The admin ``/status`` object."""
-    with urllib.request.urlopen(f"http://{admin(fe)}/status", timeout=ANSWER) as resp:
-        body: dict[str, Any] = json.loads(resp.read())
-    return body
 
 
 def digest_args(users_db: Path, *extra: str) -> list[str]:
@@ -255,7 +206,7 @@ def contact_params(response: bytes) -> dict[str, str]:
 
 @pytest.fixture
 def users_db(tmp_path: Path) -> Path:
-    return make_users_db(tmp_path / "users", USERS)
+    return make_users_db(tmp_path / "users", USERS, DOMAIN)
 
 
 @pytest.fixture
@@ -336,7 +287,7 @@ def test_sipp_register_lifecycle(
     def current(user: str) -> dict[str, dict[str, Any]]:
         """The user's bindings by contact (alice's through the CLI, the others' through the
         admin API the CLI reads)."""
-        rows = bindings(fe, user, cli=user == "alice")
+        rows = fe_bindings(fe, user, cli=user == "alice")
         found = by_contact(rows)
         assert len(found) == len(rows), rows
         return found
@@ -390,7 +341,7 @@ def test_sipp_register_lifecycle(
     step(3600, "desk", 5071, base_cseq=50)
     for user in USERS:
         assert set(current(user)) == {desk(user), mobile(user)}
-    assert status(fe)["bindings"] == 2 * len(USERS)
+    assert fe_status(fe)["bindings"] == 2 * len(USERS)
     _sipp_step(
         fe,
         transport,
@@ -401,7 +352,7 @@ def test_sipp_register_lifecycle(
     )
     for user in USERS:
         assert current(user) == {}
-    assert status(fe)["bindings"] == 0
+    assert fe_status(fe)["bindings"] == 0
     assert "Traceback" not in fe.log_text(), fe.log_tail()
 
 
@@ -428,7 +379,7 @@ def test_outbound_instances_replace_only_their_own_binding(
             )
             assert status_of(resp) == 200, resp
             assert "outbound" in ",".join(header_values(resp, "require")).lower(), resp
-        rows = {r["instance_id"]: r for r in bindings(fe, "alice")}
+        rows = {r["instance_id"]: r for r in fe_bindings(fe, "alice")}
         assert set(rows) == {f"<urn:uuid:{inst_a}>", f"<urn:uuid:{inst_b}>"}, rows
         old_a, old_b = rows[f"<urn:uuid:{inst_a}>"], rows[f"<urn:uuid:{inst_b}>"]
         assert old_a["reg_id"] == old_b["reg_id"] == 1
@@ -441,7 +392,7 @@ def test_outbound_instances_replace_only_their_own_binding(
         resp = a2.register([_outbound_contact(a2, inst_a)], expires=600, headers=supported)
         assert status_of(resp) == 200, resp
         assert len(header_values(resp, "contact")) == 2, resp  # the 200 lists both bindings
-        rows = {r["instance_id"]: r for r in bindings(fe, "alice")}
+        rows = {r["instance_id"]: r for r in fe_bindings(fe, "alice")}
         assert len(rows) == 2, rows
         new_a = rows[f"<urn:uuid:{inst_a}>"]
         assert new_a["contact"].endswith(f":{a2.local[1]};transport=tcp"), new_a
@@ -451,13 +402,13 @@ def test_outbound_instances_replace_only_their_own_binding(
         assert unchanged == {**old_b, "expires": unchanged["expires"]}, (old_b, unchanged)
 
         # A's old connection closes: the binding now rides on the new flow and stays.
-        connections = status(fe)["connections"]
+        connections = fe_status(fe)["connections"]
         a1.close()
         wait_until(
-            lambda: status(fe)["connections"] < connections, ANSWER, 0.05,
+            lambda: fe_status(fe)["connections"] < connections, ANSWER, 0.05,
             "the FE did not notice the closed connection",
         )  # fmt: skip
-        rows = {r["instance_id"]: r["contact"] for r in bindings(fe, "alice")}
+        rows = {r["instance_id"]: r["contact"] for r in fe_bindings(fe, "alice")}
         assert rows == {
             f"<urn:uuid:{inst_a}>": new_a["contact"],
             f"<urn:uuid:{inst_b}>": old_b["contact"],
@@ -466,7 +417,7 @@ def test_outbound_instances_replace_only_their_own_binding(
         # B's flow fails: its outbound binding goes (RFC 5626 §7), A's stays.
         b.close()
         remaining = wait_until(
-            lambda: (r := bindings(fe, "alice")) and len(r) == 1 and r, ANSWER, 0.1,
+            lambda: (r := fe_bindings(fe, "alice")) and len(r) == 1 and r, ANSWER, 0.1,
             "B's binding was not removed when its flow closed",
         )  # fmt: skip
         assert remaining[0]["instance_id"] == f"<urn:uuid:{inst_a}>"
@@ -490,7 +441,7 @@ def test_register_policy_answers(reg_fe: Callable[..., FeProcess]) -> None:
         resp = alice.register([alice.contact("alice-0")], expires=30)
         assert status_of(resp) == 423, resp
         assert header_values(resp, "min-expires") == ["60"], resp
-        assert bindings(fe, "alice") == []
+        assert fe_bindings(fe, "alice") == []
 
         # Longer than --max-expires: shortened to it; no Expires at all: --default-expires.
         t_cap = time.time()
@@ -498,31 +449,31 @@ def test_register_policy_answers(reg_fe: Callable[..., FeProcess]) -> None:
         assert status_of(resp) == 200, resp
         granted = contact_params(resp)
         assert len(granted) == 1 and "expires=7200" in next(iter(granted.values())), granted
-        assert_expires(bindings(fe, "alice")[0], 7200, t_cap)
+        assert_expires(fe_bindings(fe, "alice")[0], 7200, t_cap)
         t_default = time.time()
         resp = alice.register([alice.contact("alice-1")])
         assert status_of(resp) == 200, resp
-        rows = by_contact(bindings(fe, "alice"))
+        rows = by_contact(fe_bindings(fe, "alice"))
         assert_expires(rows[alice.contact("alice-1")[1:-1]], 3600, t_default)
 
         # A third contact fills --max-contacts 3; a fourth is refused with 403, atomically.
         resp = alice.register([alice.contact("alice-2")], expires=600)
         assert status_of(resp) == 200, resp
-        before = bindings(fe, "alice")
+        before = fe_bindings(fe, "alice")
         assert len(before) == 3
         resp = alice.register([alice.contact("alice-3")], expires=600)
         assert status_of(resp) == 403, resp
         resp = alice.register([alice.contact("alice-0"), alice.contact("alice-3")], expires=900)
         assert status_of(resp) == 403, resp
-        assert by_contact(bindings(fe, "alice")).keys() == by_contact(before).keys()
-        rows = by_contact(bindings(fe, "alice"))
+        assert by_contact(fe_bindings(fe, "alice")).keys() == by_contact(before).keys()
+        rows = by_contact(fe_bindings(fe, "alice"))
         assert_expires(rows[alice.contact("alice-0")[1:-1]], 7200, t_cap)  # not 900
         # Refreshing an existing one is no new binding: allowed.
         resp = alice.register([alice.contact("alice-2")], expires=1200)
         assert status_of(resp) == 200, resp
 
         # No Contact: a query (RFC 3261 §10.2.3), answered with every binding, changing nothing.
-        before = bindings(fe, "alice")
+        before = fe_bindings(fe, "alice")
         resp = alice.register()
         assert status_of(resp) == 200, resp
         listed = contact_params(resp)
@@ -530,7 +481,7 @@ def test_register_policy_answers(reg_fe: Callable[..., FeProcess]) -> None:
         for row in before:
             left = int(listed[row["contact"]].split("expires=")[1].split(";")[0])
             assert row["expires"] - SLACK <= left <= row["expires"] + 1
-        after = bindings(fe, "alice")
+        after = fe_bindings(fe, "alice")
         assert [(r["contact"], r["cseq"], r["expires_at"]) for r in after] == [
             (r["contact"], r["cseq"], r["expires_at"]) for r in before
         ]
@@ -539,7 +490,7 @@ def test_register_policy_answers(reg_fe: Callable[..., FeProcess]) -> None:
         stored = max(row["cseq"] for row in after)
         resp = alice.register([alice.contact("alice-2")], expires=300, cseq=stored - 3)
         assert status_of(resp) == 400, resp
-        assert [(r["contact"], r["expires_at"]) for r in bindings(fe, "alice")] == [
+        assert [(r["contact"], r["expires_at"]) for r in fe_bindings(fe, "alice")] == [
             (r["contact"], r["expires_at"]) for r in after
         ]
 
@@ -611,9 +562,9 @@ def test_sigkill_with_10000_bindings_restores_them(
     )
     registered = time.time()
     assert result.ok == total and result.returncode == 0, result.describe()
-    assert status(fe)["bindings"] == total
+    assert fe_status(fe)["bindings"] == total
     sample = ["user1", "user2500", "user5000", "user7777", f"user{total}"]
-    before = {user: bindings(fe, user) for user in sample}
+    before = {user: fe_bindings(fe, user) for user in sample}
     for user, rows in before.items():
         assert len(rows) == 1 and rows[0]["contact"].startswith(f"sip:{user}@"), rows
         assert_expires(rows[0], 3600, started)
@@ -629,10 +580,10 @@ def test_sigkill_with_10000_bindings_restores_them(
     assert fe.returncode == -9
     fe.start_ready()
     restarted = time.time()
-    body = status(fe)
+    body = fe_status(fe)
     assert body["bindings"] == total and body["aors"] == total, body
     for user, rows in before.items():
-        after = bindings(fe, user)
+        after = fe_bindings(fe, user)
         assert len(after) == 1, after
         row = after[0]
         old = rows[0]
@@ -648,7 +599,7 @@ def test_sigkill_with_10000_bindings_restores_them(
         f"SIGKILL restore: {total} bindings registered in {registered - started:.1f} s "
         f"(sipp {result.stat.get('CallRate(C)')}/s), all on disk {on_disk - registered:.1f} s "
         f"later; after SIGKILL ready again in {restarted - on_disk:.1f} s with {body['bindings']}, "
-        f"sample remaining {bindings(fe, 'user1')[0]['expires']} s "
+        f"sample remaining {fe_bindings(fe, 'user1')[0]['expires']} s "
         f"{time.time() - started:.1f} s after the first REGISTER"
     )
     assert "restored 10000 bindings" in fe.log_text(), fe.log_tail()
@@ -661,7 +612,7 @@ def test_user_added_while_running_can_register(
     reg_fe: Callable[..., FeProcess], users_db: Path
 ) -> None:
     fe = reg_fe(transports=("tcp",))
-    assert status(fe)["users"] == len(USERS)
+    assert fe_status(fe)["users"] == len(USERS)
     dave = RegClient(fe, "dave", "d4ve-pw")
     try:
         resp = dave.register([dave.contact()], expires=600)
@@ -671,13 +622,13 @@ def test_user_added_while_running_can_register(
         added = time.monotonic()
         # The FE reloads the directory on its own (no restart, no signal).
         wait_until(
-            lambda: status(fe)["users"] == len(USERS) + 1, ANSWER, 0.1,
+            lambda: fe_status(fe)["users"] == len(USERS) + 1, ANSWER, 0.1,
             "the FE did not load the new user",
         )  # fmt: skip
         noticed = time.monotonic() - added
         resp = dave.register([dave.contact()], expires=600)
         assert status_of(resp) == 200, resp
-        rows = bindings(fe, "dave")
+        rows = fe_bindings(fe, "dave")
         assert [r["contact"] for r in rows] == [dave.contact()[1:-1]], rows
         print(f"new user noticed {noticed:.2f} s after 'registrar users add'")
     finally:

@@ -159,6 +159,21 @@ class Harness:
             out.append(current)
         return out
 
+    def bind(self, users: Iterable[str]) -> None:
+        """One binding (key ``k``, no flow) of each AOR of ``users``."""
+        for aor in users:
+            self.location.add(aor, "k")
+
+    def peer_up(self, users: list[str], target: str = "fe2") -> int:
+        """Point ``users`` at FE ``target`` and trigger a run for ``peer up: TARGET``; returns
+        how many AORs are pending then."""
+        self.router.send(users, target)
+        return self.rehomer.trigger(f"peer up: {target}.contoso.com")
+
+    async def until_removed(self, count: int, timeout: float = 2.0) -> None:
+        """Wait until ``count`` bindings have been removed (TimeoutError past ``timeout`` s)."""
+        await asyncio.wait_for(_until(lambda: len(self.location.removed) == count), timeout)
+
     async def run_until_idle(self, timeout: float = 5.0) -> None:
         await asyncio.sleep(0)
         await asyncio.wait_for(self.rehomer.idle.wait(), timeout)
@@ -209,8 +224,7 @@ async def test_batches_never_exceed_batch_users_and_keep_an_aors_bindings_togeth
         for k in range(1 + i % 3):  # 1, 2 or 3 bindings per AOR
             flow += 1
             h.location.add(aor, f"k{k}", flow)
-    h.router.send(users, "fe2")
-    assert h.rehomer.trigger("peer up: fe2.contoso.com") == 23
+    assert h.peer_up(users) == 23
     await h.run_until_idle()
 
     batches = h.batches()
@@ -245,8 +259,7 @@ async def test_batches_never_exceed_batch_users_and_keep_an_aors_bindings_togeth
 async def test_batch_size_bound_for_several_sizes(harness: Any, batch_users: int) -> None:
     h = harness(batch_users=batch_users, batch_interval=0.005)
     users = aors(30)
-    for aor in users:
-        h.location.add(aor, "k")
+    h.bind(users)
     h.router.send(users, "fe3")
     h.rehomer.trigger("topology v2")
     await h.run_until_idle()
@@ -259,8 +272,7 @@ async def test_batch_size_bound_for_several_sizes(harness: Any, batch_users: int
 async def test_only_aors_that_no_longer_belong_here_move(harness: Any) -> None:
     h = harness(batch_users=10, batch_interval=0.01)
     users = aors(12)
-    for aor in users:
-        h.location.add(aor, "k")
+    h.bind(users)
     h.router.send(users[:4], "fe2")
     h.router.other_pool(users[4:6], "pool2.contoso.com")
     h.router.keep(users[6:8], "backup")
@@ -276,10 +288,8 @@ async def test_only_aors_that_no_longer_belong_here_move(harness: Any) -> None:
 async def test_trigger_twice_queues_each_aor_once(harness: Any) -> None:
     h = harness(batch_users=2, batch_interval=0.03)
     users = aors(6)
-    for aor in users:
-        h.location.add(aor, "k")
-    h.router.send(users, "fe2")
-    assert h.rehomer.trigger("peer up: fe2.contoso.com") == 6
+    h.bind(users)
+    assert h.peer_up(users) == 6
     assert h.rehomer.trigger("topology v2") == 6  # nothing new: still 6 pending
     await h.run_until_idle()
     assert len(h.location.removed) == 6
@@ -311,8 +321,7 @@ async def test_one_batch_per_interval(harness: Any) -> None:
     interval = 0.1
     h = harness(batch_users=5, batch_interval=interval)
     users = aors(30)
-    for aor in users:
-        h.location.add(aor, "k")
+    h.bind(users)
     h.router.send(users, "fe2")
     began = time.monotonic()
     h.rehomer.trigger("peer up: fe2.contoso.com")
@@ -335,13 +344,10 @@ async def test_pacing_holds_across_triggers(harness: Any) -> None:
     interval = 0.15
     h = harness(batch_users=3, batch_interval=interval)
     first, second = aors(3, "a"), aors(3, "b")
-    for aor in first + second:
-        h.location.add(aor, "k")
-    h.router.send(first, "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
+    h.bind(first + second)
+    h.peer_up(first)
     await h.run_until_idle()
-    h.router.send(second, "fe3")
-    h.rehomer.trigger("peer up: fe3.contoso.com")
+    h.peer_up(second, "fe3")
     await h.run_until_idle()
     starts = _batch_starts(h)
     assert len(starts) == 2
@@ -352,13 +358,10 @@ async def test_trigger_during_a_run_joins_the_queue_at_the_same_pace(harness: An
     interval = 0.08
     h = harness(batch_users=2, batch_interval=interval)
     first, second = aors(4, "a"), aors(4, "b")
-    for aor in first + second:
-        h.location.add(aor, "k")
-    h.router.send(first, "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
+    h.bind(first + second)
+    h.peer_up(first)
     await asyncio.sleep(interval / 2)  # the first batch is done, the second not yet
-    h.router.send(second, "fe3")
-    assert h.rehomer.trigger("peer up: fe3.contoso.com") == 6
+    assert h.peer_up(second, "fe3") == 6
     await h.run_until_idle()
     batches = h.batches()
     assert [len(b) for b in batches] == [2, 2, 2, 2]
@@ -377,11 +380,9 @@ async def test_recheck_per_batch_target_down_again_moves_nobody_more(
     interval = 0.1
     h = harness(batch_users=3, batch_interval=interval)
     users = aors(12)
-    for aor in users:
-        h.location.add(aor, "k")
-    h.router.send(users, "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
-    await asyncio.wait_for(_until(lambda: len(h.location.removed) == 3), 2.0)
+    h.bind(users)
+    h.peer_up(users)
+    await h.until_removed(3)
     h.router.keep(users, "backup")  # fe2 is down again: we are these AORs' registrar
     await h.run_until_idle()
     assert {aor for _, aor, _, _ in h.location.removed} == set(users[:3])
@@ -390,8 +391,7 @@ async def test_recheck_per_batch_target_down_again_moves_nobody_more(
     assert progress.pending == 0 and progress.aors == 3 and progress.batches == 1
     assert len(events(caplog, 32040)) == 1
     # fe2 comes back: the rest go now (a new run).
-    h.router.send(users, "fe2")
-    assert h.rehomer.trigger("peer up: fe2.contoso.com") == 9
+    assert h.peer_up(users) == 9
     await h.run_until_idle()
     assert not h.location.bindings
     assert h.rehomer.progress.batches == 4
@@ -400,11 +400,9 @@ async def test_recheck_per_batch_target_down_again_moves_nobody_more(
 async def test_recheck_follows_a_changed_target(harness: Any) -> None:
     h = harness(batch_users=2, batch_interval=0.05)
     users = aors(4)
-    for aor in users:
-        h.location.add(aor, "k")
-    h.router.send(users, "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
-    await asyncio.wait_for(_until(lambda: len(h.location.removed) == 2), 2.0)
+    h.bind(users)
+    h.peer_up(users)
+    await h.until_removed(2)
     h.router.send(users[2:], "fe3")  # fe2 went down, fe3 is next in their sequences
     await h.run_until_idle()
     assert h.rehomer.progress.targets == {"fe2.contoso.com": 2, "fe3.contoso.com": 2}
@@ -415,11 +413,9 @@ async def test_an_aor_that_left_meanwhile_is_skipped_without_using_a_batch_slot(
 ) -> None:
     h = harness(batch_users=3, batch_interval=0.05)
     users = aors(6)
-    for aor in users:
-        h.location.add(aor, "k")
-    h.router.send(users, "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
-    await asyncio.wait_for(_until(lambda: len(h.location.removed) == 3), 2.0)
+    h.bind(users)
+    h.peer_up(users)
+    await h.until_removed(3)
     h.location.bindings.pop(users[3])  # unregistered by its client meanwhile
     h.router.keep([users[3]], "local")
     await h.run_until_idle()
@@ -439,8 +435,7 @@ async def test_flows_closed_only_when_no_other_aor_uses_them(harness: Any) -> No
     h.location.add(c, "k2", flow_id=4)  # flow 4: c's second binding
     h.location.add(d, "k", flow_id=3)
     h.location.add(d, "k2", flow_id=None)  # no flow (UDP, or restored after a restart)
-    h.router.send([a, b, c, d], "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
+    h.peer_up([a, b, c, d])
     await h.run_until_idle()
     assert h.batches() == [[a, b], [c, d]]
     assert sorted(h.closed) == [1, 3, 4]  # flow 2 still carries e; flow 3 once, after d
@@ -461,8 +456,7 @@ async def test_flow_shared_across_batches_closes_after_the_last_one(harness: Any
     a, b = aors(2)
     h.location.add(a, "k", flow_id=7)
     h.location.add(b, "k", flow_id=7)
-    h.router.send([a, b], "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
+    h.peer_up([a, b])
     await h.run_until_idle()
     assert h.closed == [7]
     assert h.log.index(("close", 7)) > h.log.index(("notified", (b,)))
@@ -471,10 +465,8 @@ async def test_flow_shared_across_batches_closes_after_the_last_one(harness: Any
 async def test_notified_gets_the_batch_and_a_timeout(harness: Any) -> None:
     h = harness(batch_users=3, batch_interval=0.2)
     users = aors(5)
-    for aor in users:
-        h.location.add(aor, "k")
-    h.router.send(users, "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
+    h.bind(users)
+    h.peer_up(users)
     await h.run_until_idle()
     assert [calls for calls, _ in h.notify_calls] == [users[:3], users[3:]]
     assert all(timeout == 0.5 for _, timeout in h.notify_calls)  # max(0.5, interval)
@@ -484,19 +476,17 @@ async def test_failing_notified_still_closes_flows(harness: Any) -> None:
     async def broken(aors: list[str], timeout: float) -> None:
         raise RuntimeError("reg event service gone")
 
-    h = harness(batch_users=5, batch_interval=0.01, notified=broken)
-    h.location.add(aors(1)[0], "k", flow_id=9)
-    h.router.send(aors(1), "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
-    await h.run_until_idle()
-    assert h.closed == [9]
+    await _move_one_aor_on_flow_9(harness(batch_users=5, batch_interval=0.01, notified=broken))
 
 
 async def test_without_notified_flows_close_right_after_removal(harness: Any) -> None:
-    h = harness(batch_users=5, batch_interval=0.01, with_notified=False)
+    await _move_one_aor_on_flow_9(harness(batch_users=5, batch_interval=0.01, with_notified=False))
+
+
+async def _move_one_aor_on_flow_9(h: Harness) -> None:
+    """Move one AOR whose only binding is on flow 9 to fe2; the flow must be closed."""
     h.location.add(aors(1)[0], "k", flow_id=9)
-    h.router.send(aors(1), "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
+    h.peer_up(aors(1))
     await h.run_until_idle()
     assert h.closed == [9]
 
@@ -585,8 +575,7 @@ async def test_progress_numbers(harness: Any) -> None:
     assert status["last_batch"] >= first_batch + interval - TOLERANCE
     assert h.rehomer.idle.is_set()
     # Totals keep adding up over runs.
-    for aor in aors(2, "z"):
-        h.location.add(aor, "k")
+    h.bind(aors(2, "z"))
     h.router.send(aors(2, "z"), "fe2")
     h.rehomer.trigger("topology v2")
     await h.run_until_idle()
@@ -598,8 +587,7 @@ async def test_progress_numbers(harness: Any) -> None:
 async def test_nothing_to_move_stays_idle(harness: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="registrar.events")
     h = harness()
-    for aor in aors(5):
-        h.location.add(aor, "k")
+    h.bind(aors(5))
     assert h.rehomer.trigger("peer up: fe2.contoso.com") == 0
     assert h.rehomer.idle.is_set()
     await asyncio.sleep(0.05)
@@ -610,11 +598,9 @@ async def test_nothing_to_move_stays_idle(harness: Any, caplog: pytest.LogCaptur
 async def test_stop_leaves_pending_aors_in_place(harness: Any) -> None:
     h = harness(batch_users=1, batch_interval=10.0)
     users = aors(3)
-    for aor in users:
-        h.location.add(aor, "k")
-    h.router.send(users, "fe2")
-    h.rehomer.trigger("peer up: fe2.contoso.com")
-    await asyncio.wait_for(_until(lambda: len(h.location.removed) == 1), 2.0)
+    h.bind(users)
+    h.peer_up(users)
+    await h.until_removed(1)
     await h.rehomer.stop()
     assert sorted(h.location.bindings) == users[1:]
 

@@ -46,16 +46,16 @@ from pooltools import (
     LivePool,
     LoadClient,
     PoolLayout,
-    PoolStartError,
     _port_free,
     _Proc,
     _wait_until,
     aor_of,
     run_pool_sipp,
     run_registrar,
+    start_pool,
     write_topology,
 )
-from procs import registrar_command, require_command
+from procs import require_command
 
 pytestmark = pytest.mark.network
 
@@ -122,27 +122,7 @@ class RehomePool(LivePool):
     """:class:`pooltools.LivePool` whose FEs log at ``info``, so the re-home (32040/32041) and
     peer (32001/32002) events are in their logs, and which can take FEs commissioned later."""
 
-    def start_fe(self, fqdn: str, wait: bool = True, timeout: float = 30.0) -> None:
-        fe = self.layout.fe(fqdn)
-        proc = self.procs.get(fe.fqdn)
-        if proc is not None and proc.running:
-            raise RuntimeError(f"{fe.fqdn} is already running")
-        serve = ["serve", "--topology", str(self.layout.path), "--fe", fe.fqdn]
-        proc = _Proc(
-            fe.fqdn,
-            [*registrar_command(), *serve, "--log-level", "info"],
-            self.log_dir / f"{fe.name}.log",
-        )
-        self.procs[fe.fqdn] = proc
-        self.stopped.discard(fe.fqdn)
-        proc.start()
-        if wait:
-            _wait_until(
-                lambda: self.status(fe.fqdn) is not None or not proc.running,
-                timeout,
-                lambda: f"{fe.fqdn} admin API not answering:\n{proc.log_tail()}",
-            )
-            assert proc.running, f"{fe.fqdn} exited:\n{proc.log_tail()}"
+    fe_log_level = "info"
 
     def proc(self, fqdn: str) -> _Proc:
         return self.procs[self.layout.fe(fqdn).fqdn]
@@ -186,18 +166,16 @@ class RehomePool(LivePool):
 
 def start_rehome_pool(root: Path, block: str, users: int, **settings: Any) -> RehomePool:
     """Write the topology, make certificates and users, start DNS + four FEs (retried with
-    fresh ports when one was taken meanwhile, as :func:`pooltools.start_pool` does)."""
-    for attempt in range(3):
-        layout = write_rehome_topology(root / f"attempt{attempt + 1}", block, **settings)
-        pool = RehomePool(layout, users=users)
-        try:
-            pool.prepare()
-            pool.start()
-            return pool
-        except PoolStartError as exc:
-            pool.close()
-            if "cannot listen" not in str(exc) or attempt == 2:
-                raise
+    fresh ports when one was taken meanwhile: :func:`pooltools.start_pool`)."""
+    pool = start_pool(
+        root,
+        block,
+        users,
+        layout=lambda path, block: write_rehome_topology(path, block, **settings),
+        pool_class=RehomePool,
+    )
+    assert isinstance(pool, RehomePool)
+    return pool
     raise AssertionError("unreachable")
 
 

@@ -887,22 +887,17 @@ def test_cli_show(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert data["paths"]["state_dir"] == str(example.parent.parent / "run" / "state")
 
 
+def _commission_argv(example: Path, fqdn: str, ip: str, *options: str) -> list[str]:
+    """``registrar topology commission`` arguments: FE ``fqdn`` at ``ip`` into the example's
+    pool.contoso.com, then ``options``."""
+    pool = ["--pool", "pool.contoso.com"]
+    return ["topology", "commission", str(example), *pool, "--fqdn", fqdn, "--ip", ip, *options]
+
+
 def test_cli_commission_and_decommission(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [
-        "topology",
-        "commission",
-        str(example),
-        "--pool",
-        "pool.contoso.com",
-        "--fqdn",
-        "fe5.contoso.com",
-        "--ip",
-        "127.0.1.5",
-        "--udp-port",
-        "5060",
-        "--tcp-port",
-        "0",
-    ]
+    argv = _commission_argv(
+        example, "fe5.contoso.com", "127.0.1.5", "--udp-port", "5060", "--tcp-port", "0"
+    )
     assert _cli([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     topo = load_topology(example)
@@ -922,24 +917,8 @@ def test_cli_commission_and_decommission(example: Path, capsys: pytest.CaptureFi
     assert "already commissioned" in capsys.readouterr().err
     assert example.read_bytes() == before
 
-    assert (
-        _cli(
-            [
-                "topology",
-                "commission",
-                str(example),
-                "--pool",
-                "pool.contoso.com",
-                "--fqdn",
-                "fe6.contoso.com",
-                "--ip",
-                "127.0.1.6",
-                "--server-id",
-                str(topo.pools[0].free_ids[0]),
-            ]
-        )
-        == 0
-    )
+    free = str(topo.pools[0].free_ids[0])
+    assert _cli(_commission_argv(example, "fe6.contoso.com", "127.0.1.6", "--server-id", free)) == 0
     out = capsys.readouterr().out
     assert f"with server ID {topo.pools[0].free_ids[0]}" in out
 

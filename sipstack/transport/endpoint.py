@@ -24,7 +24,7 @@ from typing import Protocol
 from ..errors import SipParseError
 from ..framing import FramingLimits
 from ..headers import split_commas
-from ..message import Request, Response, make_response
+from ..message import FIRST_VALUES, Request, Response, make_response
 from ..parser import parse_message, validate_request, validate_response
 from ..transaction import (
     AckReceived,
@@ -235,10 +235,30 @@ class SipEndpoint:
                 self._answer_error(req, flow, exc)
             return
         self._stamp_via(req, flow)
+        reliable = flow.transport != "udp"
+        transactions = self.transactions
+        if reliable and transactions.answers_at_once(req):
+            # RFC 3261 §17.2.2: Timer J is zero on a reliable transport, so the server
+            # transaction of a non-INVITE request answered at once would end in the same
+            # call; skip creating it (see TransactionLayer.answers_at_once).
+            response = self.handler.handle_request(req, flow)
+            if response is not None:
+                status = response.status
+                if 200 <= status <= 699:
+                    self._send_raw_response(response, flow)
+                    return
+            # no answer yet, or a provisional one: a transaction carries it from here
+            loop = self._loop or self._get_loop()
+            events = transactions.receive_request(req, flow, loop.time(), reliable=True)
+            if response is not None:
+                for event in events:
+                    if type(event) is RequestReceived:
+                        self._respond(event.transaction, response)  # type: ignore[attr-defined]
+                        break
+            self._arm()
+            return
         loop = self._loop or self._get_loop()
-        events = self.transactions.receive_request(
-            req, flow, loop.time(), reliable=flow.transport != "udp"
-        )
+        events = transactions.receive_request(req, flow, loop.time(), reliable=reliable)
         self._dispatch(events, flow)
         self._arm()
 
@@ -410,8 +430,12 @@ class SipEndpoint:
                 else:
                     parts = split_commas(value) if "," in value else [value]
                     parts[0] = str(via)
-                    headers[i] = (key, name, ", ".join(parts))
+                    top = ", ".join(parts)
+                    headers[i] = (key, name, top)
                     flow.reply_via = None
+                first = req._cache.get(FIRST_VALUES)
+                if first is not None:  # the first Via field line changed (Message.get)
+                    first["via"] = top
                 break
 
     def _answer_error(self, req: Request, flow: Flow, exc: SipParseError) -> None:
