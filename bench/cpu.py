@@ -107,10 +107,17 @@ def registrar_exe() -> str:
     return str(exe) if exe.exists() else "registrar"
 
 
-def ours_command() -> list[str]:
-    """Command line of our FE (placeholders ``{host}``, ``{port}``; see :func:`measure`)."""
+def ours_command(mode: Mode | None = None) -> list[str]:
+    """Command line of our FE (placeholders ``{host}``, ``{port}``, ``{rundir}``; see
+    :func:`measure`): no admin API (its default port would clash with another FE), state in
+    ``{rundir}``, and for a mode with a ``service`` domain (``register``) that domain served
+    with ``--auth off`` (the Kamailio configuration does not authenticate either)."""
     exe = registrar_exe()
-    return [exe, "serve", "--listen", "tcp:{host}:{port}", "--listen", "udp:{host}:{port}"]
+    argv = [exe, "serve", "--listen", "tcp:{host}:{port}", "--listen", "udp:{host}:{port}"]
+    argv += ["--admin", "off", "--state-dir", "{rundir}/state"]
+    if mode is not None and mode.service and "." in mode.service:
+        argv += ["--domain", mode.service, "--auth", "off"]
+    return argv
 
 
 def kamailio_command(cfg: Path, shm_mb: int = 64) -> list[str]:
@@ -135,7 +142,7 @@ def kamailio_command(cfg: Path, shm_mb: int = 64) -> list[str]:
 def targets_for(mode: Mode, ours_cmd: list[str] | None = None) -> dict[str, list[str]]:
     """The targets compared in ``mode``: ``ours`` and ``kamailio``, by name."""
     return {
-        "ours": ours_cmd or ours_command(),
+        "ours": ours_cmd or ours_command(mode),
         "kamailio": kamailio_command(mode.kamailio_cfg, mode.kamailio_shm_mb),
     }
 

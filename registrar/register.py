@@ -50,7 +50,7 @@ from sipstack.message import Request, Response, make_response
 from sipstack.transport.flows import Flow
 from sipstack.uri import SipUri
 
-from .location import Binding, LocationService, contact_key
+from .location import Binding, Event, LocationService, contact_key
 from .ratelimit import FailureLimiter
 from .users import UserDirectory
 
@@ -368,6 +368,7 @@ class RegisterService:
                 backup,
                 old.registered_at if old is not None else now,
             )
+            reason: Event
             if old is None:
                 reason = "created"
             elif old.expires_at > expires_at:

@@ -23,6 +23,7 @@ from typing import Any
 
 from sipstack.framing import FramingLimits
 from sipstack.message import Request, Response, make_response
+from sipstack.native import native_summary
 from sipstack.transport.endpoint import EndpointConfig, SipEndpoint
 from sipstack.transport.flows import Flow, ListenSpec
 from sipstack.transport.tls import client_ssl_context, server_ssl_context
@@ -598,6 +599,8 @@ async def run_frontend(
     fe = FrontEnd(config)
     await fe.start()
     tune_gc()
+    summary, problem = native_summary()
+    (log.warning if problem else log.info)("%s", summary)
     stop = fe.stop_requested
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

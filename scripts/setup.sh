@@ -111,11 +111,13 @@ if [ "${REGISTRAR_FORCE_PIP:-0}" = 1 ] || [ "$want_stamp" != "$have_stamp" ] \
     || [ ! -x "$VENV/bin/pytest" ] || [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin/registrar" ]; then
     say "upgrading pip"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    say "pip install -e '.[test]'"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+    say "pip install -e '.[test,native]'"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test,native]'
     printf '%s\n' "$want_stamp" >"$STAMP"
 else
     say "python packages up to date"
 fi
+
+bash scripts/build_native.sh
 
 say "ready ($("$VENV/bin/python" -V 2>&1), $(command -v sipp >/dev/null 2>&1 && echo sipp || echo 'no sipp'))"

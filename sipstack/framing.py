@@ -297,7 +297,7 @@ class StreamFramer:
         """Bytes received but not yet part of an emitted event (a partial message), in bytes."""
         return len(self._buf)
 
-    def feed(self, data: bytes, now: float) -> list[FramingEvent]:
+    def feed(self, data: bytes | bytearray | memoryview, now: float) -> list[FramingEvent]:
         """Consume bytes read from the connection at time ``now`` (seconds); return the events.
 
         Several events may come from one chunk (e.g. two messages and a ping); a partial message

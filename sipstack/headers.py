@@ -141,7 +141,6 @@ _UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _SCHEME_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:")
 _DISPLAY_TOKENS_RE = re.compile(rf"[{_TOKEN_CHARS} \t]*\Z")
 _name_cache: dict[str, str] = {}
-_new = object.__new__
 
 
 def header_key(name: str) -> str:
@@ -431,13 +430,7 @@ def parse_via(value: str) -> Via:
         ttl = params["ttl"]
         if ttl is None or not ttl.isdigit() or len(ttl) > 3 or int(ttl) > 255:
             raise SipParseError("bad Via ttl")
-    # Via(transport.upper(), host, port_num, params, protocol) without the __init__ call.
-    via = _new(Via)
-    via.transport = transport.upper()
-    via.host = host
-    via.port = port_num
-    via.params = params
-    via.protocol = protocol
+    via = Via(transport.upper(), host, port_num, params, protocol)
     return via
 
 
@@ -596,23 +589,18 @@ def parse_name_addr(value: str) -> NameAddr:
             params[pname.lower()] = pvalue or None
         if total != len(rest):
             return _parse_name_addr_slow(value)
-    # NameAddr(...) without the cost of the dataclass __init__ call.
-    na = _new(NameAddr)
-    na.uri = uri
     if quoted is not None:
-        na.display_name = quoted
+        display: str | None = quoted
     elif tokens is not None:
-        na.display_name = " ".join(tokens.split())
+        display = " ".join(tokens.split())
     else:
-        na.display_name = None
-    na.params = params
-    na.wildcard = False
+        display = None
     # str(uri) is the text itself unless the scheme or the port was written differently.
     if (scheme == "sip" or scheme == "sips") and (port is None or port[0] != "0"):
-        na.uri_text = value[m.start(3) : m.end(7)]
+        text: str | None = value[m.start(3) : m.end(7)]
     else:
-        na.uri_text = None
-    return na
+        text = None
+    return NameAddr(uri, display, params, False, text)
 
 
 def check_name_addr(value: str) -> NameAddr | None:
@@ -704,7 +692,6 @@ class CSeq(NamedTuple):
         return f"{self.number} {self.method}"
 
 
-_tuple_new = tuple.__new__
 
 
 def parse_cseq(value: str) -> CSeq:
@@ -723,7 +710,7 @@ def parse_cseq(value: str) -> CSeq:
     ):
         number = int(number_text)
         if number <= MAX_CSEQ:
-            return _tuple_new(CSeq, (number, method))  # type: ignore[no-any-return]
+            return CSeq(number, method)
     m = _CSEQ_RE.match(value)
     if m is not None:
         number = int(m.group(1))

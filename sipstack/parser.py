@@ -77,7 +77,6 @@ _WELL_KNOWN = frozenset(
     }
 )
 _known_names: dict[str, tuple[str, str]] = {}
-_new = object.__new__
 _MAX_KNOWN = 2048
 
 
@@ -143,7 +142,7 @@ def parse_message(
         while data.startswith(b"\r\n", start):
             start += 2
     end = data.find(b"\r\n\r\n", start)
-    headers = None
+    headers: list[tuple[str, str, str]] | None = None
     if end >= 0:
         # Fast path: split at LF, strip the CR with the value's whitespace. It applies when
         # every header name has been seen before (so is a valid token), no line is folded or
@@ -173,6 +172,7 @@ def parse_message(
     if not first:
         raise SipParseError("empty start line")
 
+    assert headers is not None
     # Content-Length is usually last; a second one is rejected by validate_*() (RFC 4475 §3.3.9).
     for key, _, value in reversed(headers):
         if key == "content-length":
@@ -189,15 +189,7 @@ def parse_message(
         return _response(first, headers, body)
     parts = first.split(" ")
     if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] in METHODS:
-        # Request(parts[0], parts[1], headers, body) without the cost of the __init__ call.
-        req = _new(Request)
-        req._headers = headers
-        req.body = body
-        req._cache = {}
-        req.method = parts[0]
-        req.uri = parts[1]
-        req.version = "SIP/2.0"
-        return req
+        return Request(parts[0], parts[1], headers, body, "SIP/2.0")
     return _request(first, headers, body)
 
 

@@ -252,7 +252,6 @@ class AbsoluteUri:
 
 
 Uri = SipUri | TelUri | AbsoluteUri
-_new = object.__new__
 
 
 def _parse_params(text: str, what: str) -> dict[str, str | None]:
@@ -389,16 +388,7 @@ def parse_uri(text: str) -> Uri:
             for item in ptext[1:].split(";"):
                 name, eq, value = item.partition("=")
                 params[name] = value if eq else None
-        # SipUri(scheme.lower(), user, None, host, port_num, params, []) without the cost of
-        # the dataclass __init__ call (the hot path of every parsed message).
-        uri = _new(SipUri)
-        uri.scheme = scheme.lower()
-        uri.user = user
-        uri.password = None
-        uri.host = host
-        uri.port = port_num
-        uri.params = params
-        uri.headers = []
+        uri = SipUri(scheme.lower(), user, None, host, port_num, params, [])
         return uri
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):

@@ -11,6 +11,7 @@ from sipstack.headers import (
     NameAddr,
     Via,
     canonical_name,
+    check_name_addr,
     header_key,
     is_token,
     parse_cseq,
@@ -426,3 +427,32 @@ def test_cseq() -> None:
 def test_bad_cseq(text: str) -> None:
     with pytest.raises(SipParseError):
         parse_cseq(text)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "<sip:alice@example.com:5061;transport=TCP>;expires=60",
+        "<SIP:alice@Example.com>",
+        "<sip:alice@example.com:05060>",
+        '"Alice" <sips:alice@example.com;lr>;tag=1',
+        "sip:alice@example.com;tag=2",
+        "<sip:alice@[2001:db8::1]:5060>",
+    ],
+)
+def test_name_addr_uri_text_is_str_of_uri(value: str) -> None:
+    """uri_text, when the parser sets it, is exactly str(uri) (the registrar stores it)."""
+    na = parse_name_addr(value)
+    assert na.uri_text is None or na.uri_text == str(na.uri)
+    assert parse_name_addr(value) == na  # uri_text is not compared
+
+
+def test_check_name_addr_agrees_with_parse() -> None:
+    """check_name_addr accepts exactly what parse_name_addr accepts."""
+    assert check_name_addr("<sip:a@example.com>;tag=1") is None  # the usual From: not parsed
+    assert check_name_addr("<sip:a@example.com>;tag=1;x=2") == parse_name_addr(
+        "<sip:a@example.com>;tag=1;x=2"
+    )
+    for bad in ("<sip:a@example.com:99999>;tag=1", "<sip:a@example.com", '"unterminated <sip:a@b>'):
+        with pytest.raises(SipParseError):
+            check_name_addr(bad)

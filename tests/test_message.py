@@ -626,3 +626,26 @@ def test_sip_parse_error() -> None:
     assert repr(exc) == "SipParseError('bad??thing?', status=505)"
     assert isinstance(exc, ValueError)
     assert SipParseError("x").status == 400
+
+
+def test_validated_request_get_and_contains_follow_header_edits() -> None:
+    """validate_request caches the first value of each header name; edits drop or update it."""
+    raw = (
+        b"REGISTER sip:example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKa\r\n"
+        b"Via: SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bKb\r\n"
+        b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\n"
+        b"Call-ID: c1\r\nCSeq: 1 REGISTER\r\nUser-Agent: one\r\nUser-Agent: two\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    req = parse_message(raw)
+    assert isinstance(req, Request)
+    validate_request(req)
+    assert req.get("user-agent") == "one"  # the first field of the name
+    assert req.get("Via") == "SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKa"
+    assert "supported" not in req and "user-agent" in req
+    req.add("Supported", "path")
+    assert "supported" in req and req.get("supported") == "path"
+    req.remove("User-Agent")
+    assert req.get("user-agent") is None
+    assert req.from_.tag == "1"  # parsed on demand (validation only checked it)

@@ -801,3 +801,23 @@ def test_late_tick_fires_due_timers_in_order() -> None:
     assert events == [
         TransmitMessage(inv, DST, False), TransactionTimeout(txn), TransactionTerminated(txn)
     ]
+
+
+def test_answers_at_once_rules() -> None:
+    """RFC 3261 §17.2.2: a non-INVITE request over a reliable transport needs no server
+    transaction when nothing matches it; INVITE, ACK, CANCEL, a match and the cap do."""
+    layer = TransactionLayer(NO_GUARD)
+    assert layer.answers_at_once(request("REGISTER", transport="TCP"))
+    assert layer.answers_at_once(request("OPTIONS", transport="TLS"))
+    for method in ("INVITE", "ACK", "CANCEL"):
+        assert not layer.answers_at_once(request(method, transport="TCP"))
+    # A live transaction with the same key (first received over UDP) takes its retransmission.
+    reg = request("REGISTER", branch="z9hG4bKsame")
+    (ev,) = layer.receive_request(reg, SRC, 0.0)
+    assert not layer.answers_at_once(request("REGISTER", branch="z9hG4bKsame"))
+    assert layer.answers_at_once(request("REGISTER", branch="z9hG4bKother", transport="TCP"))
+    # Over the cap the caller must take receive_request (which answers the overload 503).
+    capped = TransactionLayer(NO_GUARD, max_transactions=1)
+    capped.receive_request(request("OPTIONS"), SRC, 0.0)
+    assert not capped.answers_at_once(request("REGISTER", branch="z9hG4bKx", transport="TCP"))
+    assert ev.transaction is not None

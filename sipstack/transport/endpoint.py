@@ -19,7 +19,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import SipParseError
 from ..framing import FramingLimits
@@ -151,7 +151,8 @@ class SipEndpoint:
                 reuse_address=True,
             )
             self._servers.append(server)
-            bound = server.sockets[0].getsockname()
+            listening: Any = server  # uvloop's .sockets is a list, asyncio's a tuple
+            bound = listening.sockets[0].getsockname()
         address = (bound[0], bound[1])
         self.listening.append((spec, address))
         return address
