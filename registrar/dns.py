@@ -12,8 +12,9 @@ This module has three layers, each usable alone:
   :func:`build_zone` out: a :class:`Zone` of :class:`ZoneRecord`\\ s, one or more zone origins.
   :func:`zone_text` / :func:`zone_texts` render BIND master files. :func:`zone_from_topology`
   adapts a ``registrar.topology.Topology``.
-* **Embedded server**: :class:`DnsServer` — dnslib's ``DNSServer`` on UDP and TCP with
-  :class:`ZoneResolver`, authoritative for the zone only (never recursive), reloadable.
+* **Embedded server**: :class:`DnsServer` — one asyncio loop on UDP and TCP answering with
+  :class:`ZoneResolver` (dnslib packs and parses; common replies are packed ahead),
+  authoritative for the zone only (never recursive), reloadable.
 * **CLI**: :func:`add_cli` adds ``registrar dns zone`` and ``registrar dns serve``; the module
   also runs as ``python -m registrar.dns ...`` (:func:`main`).
 
@@ -36,15 +37,18 @@ when there are none, and Lync clients never query NAPTR for sign-in.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
+import math
 import os
 import random
 import re
 import signal
 import socket
-import socketserver
+import struct
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,14 +58,16 @@ from types import FrameType
 from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSRecord
-from dnslib.server import DNSHandler, DNSLogger, DNSServer
+from dnslib.server import DNSLogger
 
 from .cliutil import add_group
 
 __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_TTL",
+    "ORDER_VARIANTS",
     "SRV_SERVICES",
+    "UDP_RCVBUF",
     "DnsServer",
     "Zone",
     "ZoneError",
@@ -523,15 +529,69 @@ def zone_from_topology(topology: Any, *, nameserver_ip: str | None = None) -> Zo
 
 # --------------------------------------------------------------------------- resolver
 
+PREBUILT_QTYPES: tuple[int, ...] = (
+    QTYPE.A,
+    QTYPE.AAAA,
+    QTYPE.SRV,
+    QTYPE.NAPTR,
+    QTYPE.NS,
+    QTYPE.SOA,
+)
+"""Query types whose replies :class:`ZoneResolver` packs ahead for every name of the zone."""
+
+ORDER_VARIANTS = 24
+"""How many orders of a shuffled answer are packed ahead: every order of up to four addresses
+(4! = 24), else this many random orders. Each reply is one of them, picked at random."""
+
+LEARNED_MAX = 4096
+"""At most this many replies to other queries are added to a zone's table as they are asked
+(and as many queries waiting for their :data:`ORDER_VARIANTS` orders); then no more until the
+next reload. Bounds the memory a stream of distinct queries can take."""
+
+
+class _Order:
+    """Orders an address record set: at random (``variant`` ``None``), or as pre-built variant
+    ``variant`` (every order in turn when there are at most :data:`ORDER_VARIANTS`). Notes
+    whether a set of two or more records went through it (then the reply varies)."""
+
+    __slots__ = ("variant", "varied")
+
+    def __init__(self, variant: int | None = None) -> None:
+        self.variant = variant
+        self.varied = False
+
+    def __call__(self, rrs: list[RR]) -> list[RR]:
+        if len(rrs) < 2:
+            return rrs
+        self.varied = True
+        count = math.factorial(len(rrs))
+        if self.variant is None or count > ORDER_VARIANTS:
+            random.shuffle(rrs)
+            return rrs
+        return list(next(itertools.islice(itertools.permutations(rrs), self.variant % count, None)))
+
+
+@dataclass(slots=True)
+class _Peer:
+    """What dnslib's resolver hook and logger read from a request handler."""
+
+    protocol: str
+    client_address: tuple[Any, ...] = ("-", 0)
+
 
 class _Index:
-    """A :class:`Zone` compiled for lookups: dnslib RRs by (name, qtype)."""
+    """A :class:`Zone` compiled for lookups: dnslib RRs by (name, qtype), and the packed
+    replies of :class:`ZoneResolver` (filled by it) by protocol and query bytes after the ID,
+    with the orders collected so far for shuffled replies not packed ahead (``pending``)."""
 
     def __init__(self, zone: Zone) -> None:
         self.zone = zone
         self.by_key: dict[tuple[str, int], list[RR]] = {}
         self.names: set[str] = set()
         self.soa: dict[str, RR] = {}
+        self.packed: dict[str, dict[bytes, tuple[bytes, ...]]] = {"udp": {}, "tcp": {}}
+        self.pending: dict[str, dict[bytes, list[bytes]]] = {"udp": {}, "tcp": {}}
+        self.learned = 0
         for record in zone.records:
             (rr,) = RR.fromZone(record.line())
             self.by_key.setdefault((record.name, rr.rtype), []).append(rr)
@@ -552,14 +612,18 @@ class _Index:
             return [rr for (n, _), rrs in self.by_key.items() if n == name for rr in rrs]
         return list(self.by_key.get((name, qtype), ()))
 
-    def addresses(self, name: str) -> list[RR]:
-        found = self.rrs(name, QTYPE.A) + self.rrs(name, QTYPE.AAAA)
-        random.shuffle(found)
-        return found
+    def addresses(self, name: str, order: _Order) -> list[RR]:
+        return order(self.rrs(name, QTYPE.A) + self.rrs(name, QTYPE.AAAA))
+
+
+_DEBUG_LOGGER = DNSLogger(
+    log="request,reply,error", prefix=False, logf=lambda text: _log.debug("%s", text)
+)
+"""dnslib's per-query log lines, sent to ``logging`` at debug level (``--log-level debug``)."""
 
 
 class ZoneResolver:
-    """dnslib resolver answering from a :class:`Zone`, authoritatively and never recursively.
+    """Answers DNS queries from a :class:`Zone`, authoritatively and never recursively.
 
     * A name in one of the zone's origins with records of the asked type: those records
       (``aa`` set, ``ra`` clear). Address record sets are shuffled per answer. SRV answers carry
@@ -573,36 +637,164 @@ class ZoneResolver:
       :data:`EDNS_UDP_SIZE`): the additional section is dropped first, then the answer is sent
       empty with TC set so that the client retries over TCP (RFC 1035 §4.2.1, RFC 7766).
 
+    Two entry points: :meth:`resolve`, dnslib's resolver hook (a parsed request in, a reply
+    record out), and :meth:`answer`, packed query in, packed reply out, which the server uses.
+    :meth:`answer` serves queries from a table of replies packed by dnslib, keyed by protocol
+    and the query's bytes after its 2-byte ID (the reply gets the query's ID). At construction
+    and on :meth:`reload` the table gets, for every name of the zone and every type of
+    :data:`PREBUILT_QTYPES`, the reply to a stub resolver's query (RD set, no EDNS: what
+    dnspython, the pool client and glibc send), for UDP and TCP; a shuffled answer is packed in
+    :data:`ORDER_VARIANTS` orders, one picked at random per reply. Any other query (other
+    case, flags, EDNS, types) is parsed and answered as in :meth:`resolve`, and its reply added
+    to the table: at once when it cannot vary, once :data:`ORDER_VARIANTS` random orders have
+    been built for it when it is shuffled (at most :data:`LEARNED_MAX` such replies per zone).
+    At debug log level every query is parsed, answered and logged instead.
+
     Thread safe: :meth:`reload` swaps one reference; each query reads it once.
+
+    Attributes:
+        table_hits: replies sent from the packed table (a counter, for logs and tests).
+        table_misses: replies built per query (queries not in the table, or debug logging).
     """
 
     def __init__(self, zone: Zone) -> None:
-        self._index = _Index(zone)
+        self._index = self._compile(zone)
+        self.table_hits = 0
+        self.table_misses = 0
 
     @property
     def zone(self) -> Zone:
         """The zone being served."""
         return self._index.zone
 
+    @property
+    def table_size(self) -> int:
+        """Number of packed replies in the table (UDP and TCP, every order counted)."""
+        return sum(len(v) for table in self._index.packed.values() for v in table.values())
+
     def reload(self, zone: Zone) -> None:
-        """Serve ``zone`` from the next query on (queries in flight finish with the old one)."""
-        self._index = _Index(zone)
+        """Serve ``zone`` from the next query on (queries in flight finish with the old one).
+
+        Packs the new table before the swap (tens of milliseconds for a pool).
+        """
+        self._index = self._compile(zone)
+
+    def answer(
+        self, data: bytes, protocol: str = "udp", client: tuple[Any, ...] | None = None
+    ) -> bytes | None:
+        """The packed reply to the packed query ``data``.
+
+        Args:
+            data: the query as received (over TCP, without the 2-byte length prefix).
+            protocol: ``"udp"`` (the reply fits the client's UDP size) or ``"tcp"``.
+            client: the client's address, for debug logs only.
+
+        Returns:
+            the reply's bytes, or ``None`` when ``data`` is not a DNS message dnslib can parse
+            (nothing to answer; logged at debug level).
+
+        Raises:
+            ValueError: ``protocol`` is neither ``"udp"`` nor ``"tcp"``.
+        """
+        index = self._index
+        try:
+            table = index.packed[protocol]
+        except KeyError:
+            raise ValueError(f"protocol {protocol!r} is not 'udp' or 'tcp'") from None
+        if not _log.isEnabledFor(logging.DEBUG):
+            variants = table.get(data[2:])
+            if variants is not None:
+                self.table_hits += 1
+                tail = variants[0] if len(variants) == 1 else random.choice(variants)
+                return data[:2] + tail  # the query's ID, then the packed reply
+        self.table_misses += 1
+        debug = _log.isEnabledFor(logging.DEBUG)
+        peer = _Peer(protocol, client or ("-", 0))
+        try:
+            request = DNSRecord.parse(data)
+        except Exception as exc:  # DNSError, or worse on garbage: no reply, as dnslib does
+            if debug:
+                _DEBUG_LOGGER.log_error(peer, exc)
+            return None
+        if debug:
+            _DEBUG_LOGGER.log_request(peer, request)
+        order = _Order()
+        reply, wire = self._reply(request, protocol, index, order)
+        if debug:
+            _DEBUG_LOGGER.log_reply(peer, reply)
+        elif reply.header.rcode != RCODE.SERVFAIL:  # SERVFAIL: a bug, logged; keep trying
+            self._learn(index, protocol, data[2:], wire[2:], varied=order.varied)
+        return wire
 
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
         """dnslib's resolver hook: the reply to ``request`` (``handler.protocol`` is
-        ``"udp"`` or ``"tcp"``)."""
+        ``"udp"`` or ``"tcp"``; UDP replies are fitted to the client's size)."""
+        protocol = getattr(handler, "protocol", "udp")
+        reply, _ = self._reply(request, protocol, self._index, _Order())
+        return reply
+
+    @classmethod
+    def _reply(
+        cls, request: DNSRecord, protocol: str, index: _Index, order: _Order
+    ) -> tuple[DNSRecord, bytes]:
+        """The reply record and its bytes (fitted to the client's UDP size for ``udp``)."""
         try:
-            reply = self._answer(request, self._index)
-        except Exception:  # a bug must not kill the server thread or go unanswered
+            reply = cls._answer(request, index, order)
+        except Exception:  # a bug must not kill the server or go unanswered
             _log.exception("DNS query %s failed", request.q.qname)
             reply = request.reply(ra=0, aa=0)
             reply.header.rcode = RCODE.SERVFAIL
-        if getattr(handler, "protocol", "udp") == "udp":
-            reply = self._fit(request, reply)
-        return reply
+        wire = bytes(reply.pack())
+        if protocol == "udp":
+            wire = cls._fit(request, reply, wire)
+        return reply, wire
+
+    @classmethod
+    def _compile(cls, zone: Zone) -> _Index:
+        """Index ``zone`` and pack its table (see the class docstring)."""
+        index = _Index(zone)
+        udp, tcp = index.packed["udp"], index.packed["tcp"]
+        for name in sorted(index.names):
+            for qtype in PREBUILT_QTYPES:
+                request = DNSRecord.question(name, QTYPE[qtype])  # RD set, no EDNS
+                request.header.id = 0
+                key = bytes(request.pack()[2:])
+                over_udp: list[bytes] = []
+                over_tcp: list[bytes] = []
+                for variant in range(ORDER_VARIANTS):
+                    order = _Order(variant)
+                    reply, wire = cls._reply(request, "tcp", index, order)
+                    over_tcp.append(wire[2:])
+                    over_udp.append(cls._fit(request, reply, wire)[2:])
+                    if not order.varied:
+                        break
+                udp[key] = tuple(over_udp)
+                tcp[key] = tuple(over_tcp)
+        return index
 
     @staticmethod
-    def _answer(request: DNSRecord, index: _Index) -> DNSRecord:
+    def _learn(index: _Index, protocol: str, key: bytes, tail: bytes, *, varied: bool) -> None:
+        """Add a reply built for a query missing from the table (see the class docstring)."""
+        if index.learned >= LEARNED_MAX:
+            return
+        if not varied:
+            index.packed[protocol][key] = (tail,)
+            index.learned += 1
+            return
+        pending = index.pending[protocol]
+        orders = pending.get(key)
+        if orders is None:
+            if len(pending) >= LEARNED_MAX:
+                return
+            orders = pending[key] = []
+        orders.append(tail)
+        if len(orders) >= ORDER_VARIANTS:
+            index.packed[protocol][key] = tuple(orders)
+            pending.pop(key, None)
+            index.learned += 1
+
+    @staticmethod
+    def _answer(request: DNSRecord, index: _Index, order: _Order) -> DNSRecord:
         reply = request.reply(ra=0, aa=1)
         edns = any(rr.rtype == QTYPE.OPT for rr in request.ar)
         if edns:
@@ -630,11 +822,9 @@ class ZoneResolver:
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(index.soa[origin])
             return reply
+        answers = index.rrs(name, q.qtype)
         if q.qtype in (QTYPE.A, QTYPE.AAAA):
-            answers = index.rrs(name, q.qtype)
-            random.shuffle(answers)
-        else:
-            answers = index.rrs(name, q.qtype)
+            answers = order(answers)
         if not answers:
             reply.add_auth(index.soa[origin])
             return reply
@@ -649,76 +839,53 @@ class ZoneResolver:
                 continue
             if target not in seen:
                 seen.add(target)
-                reply.add_ar(*index.addresses(target))
+                reply.add_ar(*index.addresses(target, order))
         return reply
 
     @staticmethod
-    def _fit(request: DNSRecord, reply: DNSRecord) -> DNSRecord:
+    def _fit(request: DNSRecord, reply: DNSRecord, wire: bytes) -> bytes:
+        """``wire`` (``reply`` packed) cut to the client's UDP size; trims ``reply`` to match."""
         limit = 512
         for rr in request.ar:
             if rr.rtype == QTYPE.OPT:
                 limit = max(512, min(int(rr.rclass), EDNS_UDP_SIZE))
-        if len(reply.pack()) <= limit:
-            return reply
+        if len(wire) <= limit:
+            return wire
         reply.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
-        if len(reply.pack()) <= limit:
-            return reply
+        wire = bytes(reply.pack())
+        if len(wire) <= limit:
+            return wire
         reply.rr = []
         reply.auth = []
         reply.header.tc = 1
-        return reply
+        return bytes(reply.pack())
 
 
 # --------------------------------------------------------------------------- server
 
+UDP_RCVBUF = 8 * 1024 * 1024
+"""Bytes asked for the UDP socket's receive buffer (``SO_RCVBUF``; ``--udp-rcvbuf``). A burst
+of queries waits there while the server works through it: the kernel's default (about 208 KiB
+on Linux) holds only ~250 queries and drops the rest. Linux caps the size at
+``net.core.rmem_max`` unless the process may use ``SO_RCVBUFFORCE`` (CAP_NET_ADMIN)."""
 
-class _Handler(DNSHandler):
-    """dnslib's handler with a TCP read timeout and quiet connection errors."""
+UDP_BATCH = 256
+"""Datagrams read per wake-up of the event loop before it looks at TCP again."""
 
-    def setup(self) -> None:
-        if self.server.socket_type == socket.SOCK_STREAM:
-            self.request.settimeout(TCP_TIMEOUT)
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except OSError as exc:  # TCP client timed out or reset; nothing to answer
-            _log.debug("DNS %s client %s: %s", self.protocol, self.client_address, exc)
-
-
-class _UDPServer(socketserver.ThreadingMixIn, socketserver.UDPServer):
-    # No SO_REUSEADDR: on Linux it would let a second server bind the same UDP port silently.
-    allow_reuse_address = False
-    daemon_threads = True
-
-    def __init__(self, server_address: tuple[str, int], handler: type[DNSHandler]) -> None:
-        if ":" in server_address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(server_address, handler)
-
-
-class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-    def __init__(self, server_address: tuple[str, int], handler: type[DNSHandler]) -> None:
-        if ":" in server_address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(server_address, handler)
-
-
-def _dns_logger() -> DNSLogger:
-    """dnslib's per-query logging routed to ``logging`` (debug level; errors only otherwise)."""
-    hooks = "request,reply,truncated,error" if _log.isEnabledFor(logging.DEBUG) else "error"
-    return DNSLogger(log=hooks, prefix=False, logf=lambda text: _log.debug("%s", text))
+TCP_BACKLOG = 128
+"""Pending TCP connections the kernel queues for the server."""
 
 
 class DnsServer:
     """The embedded authoritative DNS server for a :class:`Zone`, on UDP and TCP.
 
-    dnslib's ``DNSServer`` (a ``socketserver``, one thread per query) with a
-    :class:`ZoneResolver`. For development and tests; production uses a real DNS server loaded
-    with :func:`zone_texts` (``docs/dns.md``).
+    One thread runs an asyncio event loop: the UDP socket (a large receive buffer,
+    :data:`UDP_RCVBUF`) is read in batches and every query answered on the spot by
+    :meth:`ZoneResolver.answer`, mostly from its table of packed replies — no thread per
+    query; TCP connections (clients retrying a truncated answer) are served by the same loop,
+    several queries per connection (RFC 7766), each read within :data:`TCP_TIMEOUT` seconds.
+    dnslib packs and parses. For development and tests; production uses a real DNS server
+    loaded with :func:`zone_texts` (``docs/dns.md``).
 
     Args:
         zone: the zone to serve.
@@ -726,6 +893,11 @@ class DnsServer:
             works on Linux without setup).
         port: UDP and TCP port (default 5353); 0 picks a port free for both (see :attr:`port`).
         tcp: also listen on TCP (default true; needed for truncated answers).
+        udp_rcvbuf: bytes asked for the UDP receive buffer (default :data:`UDP_RCVBUF`; the
+            kernel may grant less, see :attr:`udp_rcvbuf`); 0 keeps the kernel's default.
+
+    Raises:
+        ValueError: ``udp_rcvbuf`` is negative.
 
     Use :meth:`start` / :meth:`stop`, or ``with DnsServer(...) as server:``.
     """
@@ -737,14 +909,21 @@ class DnsServer:
         port: int = DEFAULT_LISTEN[1],
         *,
         tcp: bool = True,
+        udp_rcvbuf: int = UDP_RCVBUF,
     ) -> None:
+        if udp_rcvbuf < 0:
+            raise ValueError(f"udp_rcvbuf {udp_rcvbuf!r} must be >= 0")
         self.resolver = ZoneResolver(zone)
         self.address = address
         self._requested_port = port
         self._port: int | None = None
         self._tcp = tcp
-        self._servers: list[DNSServer] = []
-        self._threads: list[threading.Thread] = []
+        self._rcvbuf_wanted = udp_rcvbuf
+        self._rcvbuf: int | None = None
+        self._sockets: list[socket.socket] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: dict[asyncio.Task[None], socket.socket] = {}
         self._lock = threading.Lock()
 
     @property
@@ -760,60 +939,85 @@ class DnsServer:
         return self._port
 
     @property
+    def udp_rcvbuf(self) -> int:
+        """The UDP receive buffer in bytes as the kernel reports it (Linux reports twice the
+        size granted, the other half being its bookkeeping). Raises RuntimeError before
+        :meth:`start`."""
+        if self._rcvbuf is None:
+            raise RuntimeError("DnsServer not started")
+        return self._rcvbuf
+
+    @property
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
-        return bool(self._servers)
+        return self._thread is not None
 
     def reload(self, zone: Zone) -> None:
-        """Serve ``zone`` instead of the current one, atomically (no restart, no lost query)."""
+        """Serve ``zone`` instead of the current one, atomically (no restart, no lost query).
+
+        The new zone's replies are packed first (see :class:`ZoneResolver`); until the swap,
+        queries get the old zone's.
+        """
         old = self.resolver.zone.serial
         self.resolver.reload(zone)
         _log.info("DNS zone reloaded: serial %s -> %s", old, zone.serial)
 
     def start(self) -> None:
-        """Bind UDP (and TCP) and serve in background threads.
+        """Bind UDP (and TCP) and serve from a background thread (``dns-server``).
 
         Raises:
             OSError: the address cannot be bound (in use, not local, permission).
             RuntimeError: already started.
         """
         with self._lock:
-            if self._servers:
+            if self._thread is not None:
                 raise RuntimeError("DnsServer already started")
-            servers = self._bind()
-            for server in servers:
-                stream = server.server.socket_type == socket.SOCK_STREAM
-                thread = threading.Thread(
-                    target=server.server.serve_forever,
-                    kwargs={"poll_interval": 0.1},
-                    name=f"dns-{'tcp' if stream else 'udp'}",
-                    daemon=True,
-                )
-                thread.start()
-                self._threads.append(thread)
-            self._servers = servers
+            sockets = self._bind()
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+            failure: list[BaseException] = []
+            thread = threading.Thread(
+                target=self._run,
+                args=(loop, sockets, ready, failure),
+                name="dns-server",
+                daemon=True,
+            )
+            thread.start()
+            ready.wait()
+            if failure:
+                thread.join()
+                for sock in sockets:
+                    sock.close()
+                raise failure[0]
+            self._sockets, self._loop, self._thread = sockets, loop, thread
+        granted = self.udp_rcvbuf // 2 if sys.platform.startswith("linux") else self.udp_rcvbuf
+        short = self._rcvbuf_wanted and granted < self._rcvbuf_wanted
         _log.info(
-            "DNS server on %s port %s (%s), zones %s serial %s",
+            "DNS server on %s port %s (%s), zones %s serial %s; %s packed replies; "
+            "UDP receive buffer %s bytes%s",
             self.address,
             self._port,
             "udp+tcp" if self._tcp else "udp",
             ", ".join(self.zone.origins),
             self.zone.serial,
+            self.resolver.table_size,
+            granted,
+            f" (asked {self._rcvbuf_wanted}: capped by net.core.rmem_max)" if short else "",
         )
 
-    def _bind(self) -> list[DNSServer]:
+    def _bind(self) -> list[socket.socket]:
         attempts = 20 if self._requested_port == 0 else 1
         last: OSError | None = None
         for _ in range(attempts):
-            udp = self._make(self._requested_port, tcp=False)
-            port = int(udp.server.server_address[1])
+            udp = self._socket(socket.SOCK_DGRAM, self._requested_port)
+            port = int(udp.getsockname()[1])
             if not self._tcp:
                 self._port = port
                 return [udp]
             try:
-                tcp = self._make(port, tcp=True)
+                tcp = self._socket(socket.SOCK_STREAM, port)
             except OSError as exc:  # port 0: the TCP side of the UDP port is taken; try again
-                udp.server.server_close()
+                udp.close()
                 last = exc
                 continue
             self._port = port
@@ -821,30 +1025,170 @@ class DnsServer:
         assert last is not None
         raise last
 
-    def _make(self, port: int, *, tcp: bool) -> DNSServer:
-        return DNSServer(
-            self.resolver,
-            address=self.address,
-            port=port,
-            tcp=tcp,
-            logger=_dns_logger(),
-            handler=_Handler,
-            server=_TCPServer if tcp else _UDPServer,
-        )
+    def _socket(self, kind: socket.SocketKind, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        sock = socket.socket(family, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # UDP: no SO_REUSEADDR; on Linux it would let a second server bind the port silently.
+            else:
+                self._set_rcvbuf(sock)
+            sock.bind((self.address, port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(TCP_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _set_rcvbuf(self, sock: socket.socket) -> None:
+        wanted = self._rcvbuf_wanted
+        if wanted:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+            force = getattr(socket, "SO_RCVBUFFORCE", None)
+            if force is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < wanted:
+                with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; else keep the cap
+                    sock.setsockopt(socket.SOL_SOCKET, force, wanted)
+        self._rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sockets: list[socket.socket],
+        ready: threading.Event,
+        failure: list[BaseException],
+    ) -> None:
+        """The server thread: set up the loop, signal ``ready``, serve until :meth:`stop`."""
+        asyncio.set_event_loop(loop)
+        try:
+            loop.add_reader(sockets[0].fileno(), self._on_udp, sockets[0])
+            if len(sockets) > 1:
+                loop.add_reader(sockets[1].fileno(), self._on_accept, sockets[1], loop)
+        except BaseException as exc:
+            failure.append(exc)
+            loop.close()
+            ready.set()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            for sock in sockets:
+                loop.remove_reader(sock.fileno())
+            loop.run_until_complete(self._drop_connections())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            asyncio.set_event_loop(None)
+
+    def _on_udp(self, sock: socket.socket) -> None:
+        """The UDP socket is readable: answer up to :data:`UDP_BATCH` queued queries."""
+        answer = self.resolver.answer
+        for _ in range(UDP_BATCH):
+            try:
+                data, client = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. an ICMP error queued on the socket
+                _log.debug("DNS udp receive: %s", exc)
+                return
+            try:
+                reply = answer(data, "udp", client)
+                if reply is not None:
+                    sock.sendto(reply, client)
+            except OSError as exc:
+                _log.debug("DNS udp reply to %s: %s", client, exc)
+            except Exception:  # a bug must not stop the server
+                _log.exception("DNS udp query from %s failed", client)
+
+    def _on_accept(self, listener: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        """The TCP socket is readable: take the waiting connections, one task each."""
+        for _ in range(TCP_BACKLOG):
+            try:
+                conn, client = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: leave it queued for now
+                _log.warning("DNS tcp accept: %s", exc)
+                return
+            conn.setblocking(False)
+            task = loop.create_task(self._on_tcp(conn, client))
+            self._connections[task] = conn
+
+    async def _on_tcp(self, conn: socket.socket, client: tuple[Any, ...]) -> None:
+        """One TCP connection: length-prefixed queries (RFC 1035 §4.2.2), answered in turn,
+        each to be received and answered within :data:`TCP_TIMEOUT` seconds."""
+        loop = asyncio.get_running_loop()
+
+        async def read(size: int) -> bytes:
+            data = b""
+            while len(data) < size:
+                chunk = await loop.sock_recv(conn, size - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            return data
+
+        try:
+            while True:
+                async with asyncio.timeout(TCP_TIMEOUT):
+                    head = await read(2)
+                    if len(head) < 2:
+                        if head:
+                            _log.debug("DNS tcp client %s: query cut short", client)
+                        return
+                    (length,) = struct.unpack("!H", head)
+                    data = await read(length)
+                    if len(data) < length:
+                        _log.debug("DNS tcp client %s: query cut short", client)
+                        return
+                    reply = self.resolver.answer(data, "tcp", client)
+                    if reply is None:
+                        return
+                    await loop.sock_sendall(conn, struct.pack("!H", len(reply)) + reply)
+        except TimeoutError:
+            _log.debug("DNS tcp client %s: timed out", client)
+        except OSError as exc:  # reset by the client
+            _log.debug("DNS tcp client %s: %s", client, exc)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._connections.pop(task, None)
+            conn.close()
+
+    async def _drop_connections(self) -> None:
+        """Cancel the TCP connections' tasks and close their sockets (also of tasks cancelled
+        before they ran)."""
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving and close the sockets; waits for the server threads (``timeout``
-        seconds each). Idempotent."""
+        """Stop serving and close the sockets; waits for the server thread up to ``timeout``
+        seconds. Idempotent."""
         with self._lock:
-            servers, self._servers = self._servers, []
-            threads, self._threads = self._threads, []
-        for server in servers:
-            server.server.shutdown()
-            server.server.server_close()
-        for thread in threads:
+            thread, loop, sockets = self._thread, self._loop, self._sockets
+            if thread is None or loop is None:
+                return
+            loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout)
-        if servers:
-            _log.info("DNS server on %s port %s stopped", self.address, self._port)
+            for sock in sockets:
+                sock.close()
+            self._thread, self._loop, self._sockets = None, None, []
+        _log.info(
+            "DNS server on %s port %s stopped (%s replies from the packed table, %s built)",
+            self.address,
+            self._port,
+            self.resolver.table_hits,
+            self.resolver.table_misses,
+        )
 
     def __enter__(self) -> DnsServer:
         self.start()
@@ -890,7 +1234,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     Subcommands::
 
         dns zone  --topology FILE [--out DIR]
-        dns serve --topology FILE [--listen HOST:PORT] [--log-level LEVEL]
+        dns serve --topology FILE [--listen HOST:PORT] [--poll-interval SECONDS]
+                  [--udp-rcvbuf BYTES] [--log-level LEVEL]
 
     ``zone`` prints the zone file text (every zone, see :func:`zone_text`), or with ``--out``
     writes one BIND file per zone, ``DIR/db.<origin>``, and prints their paths.
@@ -955,6 +1300,14 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="how often to check the topology file for changes (default 1)",
     )
     serve.add_argument(
+        "--udp-rcvbuf",
+        type=int,
+        default=UDP_RCVBUF,
+        metavar="BYTES",
+        help="UDP receive buffer to ask the kernel for, so bursts of queries are not dropped "
+        f"(default {UDP_RCVBUF}; capped by net.core.rmem_max; 0: the kernel's default)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -1009,6 +1362,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.poll_interval <= 0:
         print(f"{prog}: --poll-interval must be > 0", file=sys.stderr)
         return 2
+    if args.udp_rcvbuf < 0:
+        print(f"{prog}: --udp-rcvbuf must be >= 0", file=sys.stderr)
+        return 2
     try:
         listen = _parse_listen(args.listen) if args.listen else None
     except ValueError as exc:
@@ -1024,7 +1380,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if listen is None:
         listen = tuple(getattr(topology, "dns_listen", None) or DEFAULT_LISTEN)  # type: ignore[assignment]
     assert listen is not None
-    server = DnsServer(zone, listen[0], int(listen[1]))
+    server = DnsServer(zone, listen[0], int(listen[1]), udp_rcvbuf=args.udp_rcvbuf)
     try:
         server.start()
     except OSError as exc:
