@@ -377,19 +377,7 @@ def parse_uri(text: str) -> Uri:
     """
     m = _FAST_SIP_RE.match(text)
     if m is not None:
-        scheme, user, host, port, ptext = m.groups()
-        port_num = None
-        if port is not None:
-            port_num = int(port)
-            if port_num > 65535:
-                raise SipParseError(f"port out of range {port_num}")
-        params: dict[str, str | None] = {}
-        if ptext:
-            for item in ptext[1:].split(";"):
-                name, eq, value = item.partition("=")
-                params[name] = value if eq else None
-        uri = SipUri(scheme.lower(), user, None, host, port_num, params, [])
-        return uri
+        return fast_sip_uri(*m.groups())
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):
         raise SipParseError(f"not a URI: {text[:80]!r}")
