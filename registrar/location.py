@@ -76,6 +76,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from registrar.errors import LocationStoreError
+
 __all__ = [
     "EVENTS",
     "SCHEMA_VERSION",
@@ -144,17 +146,6 @@ _SELECT = f"SELECT {_COLUMNS} FROM bindings WHERE expires_at > ?"
 _CONTACT_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):((?:[^@]*@)?)(\[[^\]]*\]|[^:;?>]*)")
 
 
-class LocationStoreError(ValueError):
-    """The bindings file cannot be opened, read or written.
-
-    The message names the file and what to do (e.g. move a corrupt file aside). Raised by
-    :meth:`LocationService.open`, :meth:`~LocationService.flush` and
-    :meth:`~LocationService.close`; never raised by the in-memory operations. A ``ValueError``
-    so that ``registrar serve`` reports it like any other unusable state file (one line on
-    stderr, exit status 2).
-    """
-
-
 def contact_key(uri: str) -> str:
     """The identity of a contact URI within its AOR (RFC 3261 §10.3 step 7, §19.1.4).
 
@@ -183,7 +174,7 @@ def contact_key(uri: str) -> str:
     return f"{scheme.lower()}:{userinfo}{host.lower()}{uri[m.end() :]}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Binding:
     """One contact of an AOR at this registrar (RFC 3261 §10; DESIGN.md §2 "binding").
 
@@ -224,6 +215,40 @@ class Binding:
     user_agent: str | None = None
     backup: bool = False
     registered_at: float = 0.0
+
+    def __init__(
+        self,
+        aor: str,
+        contact: str,
+        expires_at: float,
+        call_id: str,
+        cseq: int,
+        q: float | None = None,
+        instance_id: str | None = None,
+        reg_id: int | None = None,
+        flow_id: int | None = None,
+        source: str | None = None,
+        path: tuple[str, ...] = (),
+        user_agent: str | None = None,
+        backup: bool = False,
+        registered_at: float = 0.0,
+    ) -> None:
+        # Written out (init=False): a dataclass-generated __init__ runs interpreted even in a
+        # compiled module (docs/native.md); one binding is built per REGISTER contact.
+        self.aor = aor
+        self.contact = contact
+        self.expires_at = expires_at
+        self.call_id = call_id
+        self.cseq = cseq
+        self.q = q
+        self.instance_id = instance_id
+        self.reg_id = reg_id
+        self.flow_id = flow_id
+        self.source = source
+        self.path = path
+        self.user_agent = user_agent
+        self.backup = backup
+        self.registered_at = registered_at
 
     @property
     def key(self) -> str:
@@ -329,6 +354,8 @@ class LocationService:
         self._buckets: dict[int, list[str]] = {}
         self._due: list[int] = []
         self._filed = 0  # entries in _buckets, live and stale
+        #: AOR entries examined by :meth:`sweep` so far: its cost, for tests and metrics.
+        self.sweep_visits = 0
         self._listeners: tuple[Listener, ...] = ()
         # write-behind state, shared with the writer thread under _lock
         self._persist = False
@@ -342,7 +369,9 @@ class LocationService:
         self._error: BaseException | None = None  # error of the last write attempt, if it failed
         self._wake = threading.Event()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
+        # what the writer thread writes a batch with (tests swap it to slow down or fail writes)
+        self._write: Callable[[dict[tuple[str, str], Binding | None]], None] = self._write_batch
         self._conn: sqlite3.Connection | None = None
         self._state: Literal["new", "open", "closed"] = "new"
 
@@ -389,10 +418,10 @@ class LocationService:
             raise LocationStoreError(_explain(path, exc)) from exc
         self._conn = conn
         self._persist = True
-        self._thread = threading.Thread(
+        self._writer_thread = threading.Thread(
             target=self._run, name=f"location-writer:{path.name}", daemon=False
         )
-        self._thread.start()
+        self._writer_thread.start()
         log.info(
             "%s: restored %d bindings of %d AORs (%d expired rows deleted)",
             path,
@@ -469,7 +498,7 @@ class LocationService:
             LocationStoreError: the writer failed to write the changes (disk full, I/O error);
                 they stay pending and are retried every ``flush_interval``.
         """
-        thread = self._thread
+        thread = self._writer_thread
         if thread is None:
             return
         with self._written_cond:
@@ -499,12 +528,12 @@ class LocationService:
         if self._state == "closed":
             return
         self._state = "closed"
-        thread = self._thread
+        thread = self._writer_thread
         if thread is not None:
             self._stopping = True
             self._wake.set()
             thread.join()
-        self._thread = None
+        self._writer_thread = None
         self._persist = False
         if self._conn is not None:
             self._conn.close()
@@ -787,12 +816,14 @@ class LocationService:
             second = heapq.heappop(self._due)
             bucket = self._buckets.pop(second, ())
             self._filed -= len(bucket)
+            self.sweep_visits += len(bucket)
             for aor in bucket:
                 self._expire_aor(aor, now, expired)
         # The current second's bucket may hold bindings with expires_at in (second-1, now];
         # expire those and keep the bucket for the rest.
         partial = self._buckets.get(math.ceil(now))
         if partial:
+            self.sweep_visits += len(partial)
             for aor in tuple(partial):
                 self._expire_aor(aor, now, expired)
         return expired
@@ -962,7 +993,7 @@ class LocationService:
             error: BaseException | None = None
             if batch:
                 try:
-                    self._write_batch(batch)
+                    self._write(batch)
                 except Exception as exc:
                     error = exc
                     with self._lock:  # keep them; newer changes of the same binding win

@@ -17,7 +17,7 @@ MODULES=(
     sipstack/uri.py sipstack/headers.py sipstack/message.py sipstack/parser.py
     sipstack/framing.py sipstack/transport/flows.py
     sipstack/transport/stream.py sipstack/transport/endpoint.py
-    registrar/checks.py registrar/register.py
+    registrar/checks.py registrar/register.py registrar/location.py registrar/dispatch.py
 )
 
 remove() {

@@ -95,13 +95,17 @@ class FramingLimits:
                 raise ValueError(f"FramingLimits.{name} must be > 0")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MessageBytes:
     """Exactly one complete SIP message: its header block including the empty line that ends
     it, followed by exactly Content-Length body bytes (RFC 3261 §18.3). Not parsed beyond that.
     """
 
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        # Written out (init=False): see docs/native.md (generated __init__ runs interpreted).
+        object.__setattr__(self, "data", data)
 
 
 @dataclass(frozen=True, slots=True)

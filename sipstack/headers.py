@@ -332,7 +332,7 @@ _VIA_RE = re.compile(
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Via:
     """One Via header value (RFC 3261 §20.42, §18.2.1, RFC 3581 ``rport``).
 
@@ -349,6 +349,21 @@ class Via:
     port: int | None = None
     params: dict[str, str | None] = field(default_factory=dict)
     protocol: str = "SIP/2.0"
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: dict[str, str | None] | None = None,
+        protocol: str = "SIP/2.0",
+    ) -> None:
+        # Written out (init=False): see docs/native.md (generated __init__ runs interpreted).
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
+        self.protocol = protocol
 
     @property
     def branch(self) -> str | None:
@@ -439,7 +454,7 @@ def parse_via(value: str) -> Via:
 _Q_RE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NameAddr:
     """A From/To/Contact/Route value: ``[display-name] <URI> *(;param)`` or an addr-spec form
     (RFC 3261 §20.10, §20.20, §20.39, §25.1).
@@ -461,6 +476,21 @@ class NameAddr:
     params: dict[str, str | None] = field(default_factory=dict)
     wildcard: bool = False
     uri_text: str | None = field(default=None, compare=False, repr=False)
+
+    def __init__(
+        self,
+        uri: Uri | None,
+        display_name: str | None = None,
+        params: dict[str, str | None] | None = None,
+        wildcard: bool = False,
+        uri_text: str | None = None,
+    ) -> None:
+        # Written out (init=False): see docs/native.md (generated __init__ runs interpreted).
+        self.uri = uri
+        self.display_name = display_name
+        self.params = {} if params is None else params
+        self.wildcard = wildcard
+        self.uri_text = uri_text
 
     @property
     def tag(self) -> str | None:
@@ -692,6 +722,11 @@ class CSeq(NamedTuple):
         return f"{self.number} {self.method}"
 
 
+# CSeq(number, method) runs the named tuple's interpreted __new__; tuple.__new__ with the
+# class builds the same object in C (the fast path of parse_cseq, once per message).
+_new_cseq = tuple.__new__
+
+
 
 
 def parse_cseq(value: str) -> CSeq:
@@ -710,7 +745,7 @@ def parse_cseq(value: str) -> CSeq:
     ):
         number = int(number_text)
         if number <= MAX_CSEQ:
-            return CSeq(number, method)
+            return _new_cseq(CSeq, (number, method))
     m = _CSEQ_RE.match(value)
     if m is not None:
         number = int(m.group(1))

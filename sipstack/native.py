@@ -26,6 +26,8 @@ NATIVE_MODULES: tuple[str, ...] = (
     "sipstack.transport.endpoint",
     "registrar.checks",
     "registrar.register",
+    "registrar.location",
+    "registrar.dispatch",
 )
 """Dotted names of the modules ``scripts/build_native.sh`` compiles (keep the two in step)."""
 

@@ -75,7 +75,7 @@ def _format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1.1).
 
@@ -96,6 +96,26 @@ class SipUri:
     port: int | None = None
     params: dict[str, str | None] = field(default_factory=dict)
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def __init__(
+        self,
+        scheme: str = "sip",
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: dict[str, str | None] | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        # Written out (init=False): a dataclass-generated __init__ would run interpreted
+        # even when this module is compiled (docs/native.md), and URIs are built per request.
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
+        self.headers = [] if headers is None else headers
 
     def __str__(self) -> str:
         if self.user is None:

@@ -378,19 +378,13 @@ def test_sweep_skips_refreshed_and_removed_bindings(store: LocationService) -> N
     assert store.sweep(T0 + 100) == [refreshed]
 
 
-def test_sweep_visits_only_due_entries(
-    store: LocationService, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sweep_visits_only_due_entries(store: LocationService) -> None:
     for i in range(2000):
         store.put(binding(aor=f"sip:u{i}@example.com", expires=3600))
     store.put(binding(aor=BOB, expires=1))
-    visited: list[str] = []
-    real = store._expire_aor
-    monkeypatch.setattr(
-        store, "_expire_aor", lambda aor, now, out: (visited.append(aor), real(aor, now, out))
-    )
+    before = store.sweep_visits
     assert [b.aor for b in store.sweep(T0 + 2)] == [BOB]
-    assert visited == [BOB]
+    assert store.sweep_visits - before == 1
 
 
 def test_frequent_refreshes_do_not_grow_the_expiry_index(store: LocationService) -> None:
@@ -645,14 +639,14 @@ def test_put_does_not_wait_for_a_slow_writer(db: Path, clock: FakeClock) -> None
     s.open()
     release = threading.Event()
     writing = threading.Event()
-    real_write = s._write_batch
+    real_write = s._write
 
     def slow_write(batch: dict[tuple[str, str], Binding | None]) -> None:
         writing.set()
         assert release.wait(30)
         real_write(batch)
 
-    s._write_batch = slow_write  # type: ignore[method-assign]
+    s._write = slow_write
     s.put(binding(contact="sip:a@first"))
     assert writing.wait(10)  # the writer is now stuck inside a write...
     for i in range(1000):  # ...and puts still complete, they only enqueue
@@ -674,13 +668,13 @@ def test_changes_of_one_binding_coalesce(db: Path, clock: FakeClock) -> None:
     s = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
     s.open()
     batches: list[dict[tuple[str, str], Binding | None]] = []
-    real_write = s._write_batch
+    real_write = s._write
 
     def record(batch: dict[tuple[str, str], Binding | None]) -> None:
         batches.append(dict(batch))
         real_write(batch)
 
-    s._write_batch = record  # type: ignore[method-assign]
+    s._write = record
     for cseq in range(100):
         s.put(binding(cseq=cseq))
     s.put(binding(contact="sip:a@gone"))
@@ -696,7 +690,7 @@ def test_write_failure_is_reported_by_flush_and_retried(
 ) -> None:
     s = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
     s.open()
-    real_write = s._write_batch
+    real_write = s._write
     failures = [sqlite3.OperationalError("disk I/O error")]
 
     def flaky(batch: dict[tuple[str, str], Binding | None]) -> None:
@@ -704,7 +698,7 @@ def test_write_failure_is_reported_by_flush_and_retried(
             raise failures.pop()
         real_write(batch)
 
-    s._write_batch = flaky  # type: ignore[method-assign]
+    s._write = flaky
     s.put(binding())
     with pytest.raises(LocationStoreError, match="disk I/O error"):
         s.flush()
@@ -723,7 +717,7 @@ def test_close_reports_changes_it_could_not_write(db: Path, clock: FakeClock) ->
     def broken(batch: dict[tuple[str, str], Binding | None]) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    s._write_batch = broken  # type: ignore[method-assign]
+    s._write = broken
     s.put(binding())
     with pytest.raises(LocationStoreError, match="1 binding changes could not be written"):
         s.close()
