@@ -194,35 +194,54 @@ def _content_length(buf: bytes | bytearray, start: int, end: int) -> int:
     fields with different values; ``_CL_TOO_LARGE`` for an absurd number of digits. The value may
     be folded onto continuation lines (LWS, RFC 3261 §25.1). ``buf[end]`` must exist (it is the
     CR of the terminating CRLF CRLF).
+
+    The field is found in a lower-cased copy of the block with ``bytes.find`` (the long and the
+    compact name, each preceded by the CRLF that keeps the start line and folded continuation
+    lines from matching): the same fields as the case-insensitive pattern
+    :data:`_CONTENT_LENGTH_NAME_RE`, at a fraction of its cost on every message.
     """
+    head: bytes = bytes(buf[start:end]).lower()
+    size = len(head)
     result = 0
     seen = False
-    search = _CONTENT_LENGTH_NAME_RE.search
-    match = search(buf, start, end)
-    while match is not None:
-        value_start = match.end()
-        eol = buf.find(b"\r\n", value_start, end)
-        if eol < 0:
-            eol = end
-        else:
-            # Folded value: continuation lines start with SP or HTAB.
-            while eol < end and buf[eol + 2] in b" \t":
-                eol = buf.find(b"\r\n", eol + 2, end)
-                if eol < 0:
-                    eol = end
-        digits = buf[value_start:eol].strip()  # strips SP, HTAB and the folding CRLFs
-        if not digits.isdigit():
-            return _CL_INVALID
-        if len(digits) > _MAX_CL_DIGITS:
-            digits = digits.lstrip(b"0")
+    long_at = head.find(b"\r\ncontent-length")
+    short_at = head.find(b"\r\nl")
+    while long_at >= 0 or short_at >= 0:
+        # the next candidate in document order (as a pattern search would meet them)
+        pos = long_at + 16 if short_at < 0 or 0 <= long_at < short_at else short_at + 3
+        while pos < size and (head[pos] == 32 or head[pos] == 9):  # SP / HTAB before ':'
+            pos += 1
+        if pos < size and head[pos] == 58:  # ':'
+            value_start = pos + 1
+            eol = head.find(b"\r\n", value_start)
+            if eol < 0:
+                eol = size
+            else:
+                # Folded value: continuation lines start with SP or HTAB.
+                while eol + 2 < size and (head[eol + 2] == 32 or head[eol + 2] == 9):
+                    eol = head.find(b"\r\n", eol + 2)
+                    if eol < 0:
+                        eol = size
+            digits = head[value_start:eol].strip()  # strips SP, HTAB and the folding CRLFs
+            if not digits.isdigit():
+                return _CL_INVALID
             if len(digits) > _MAX_CL_DIGITS:
-                return _CL_TOO_LARGE
-        value = int(digits)
-        if seen and value != result:
-            return _CL_CONFLICT
-        seen = True
-        result = value
-        match = search(buf, eol, end)
+                digits = digits.lstrip(b"0")
+                if len(digits) > _MAX_CL_DIGITS:
+                    return _CL_TOO_LARGE
+            value = 0
+            for digit in digits:
+                value = value * 10 + digit - 48
+            if seen and value != result:
+                return _CL_CONFLICT
+            seen = True
+            result = value
+            pos = eol
+        # else: another field whose name starts the same way ("Location:", "Lx:")
+        if 0 <= long_at < pos:
+            long_at = head.find(b"\r\ncontent-length", pos)
+        if 0 <= short_at < pos:
+            short_at = head.find(b"\r\nl", pos)
     return result
 
 

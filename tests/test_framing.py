@@ -678,3 +678,58 @@ def test_arbitrary_input_never_raises(chunks: list[bytes], small: bool, step: fl
     assert framer.dead
     assert framer.buffered == 0
     assert_in_order(messages(events), b"".join(chunks))
+
+
+def _reference_content_length(buf: bytes, start: int, end: int) -> int:
+    """The pattern-based reading of Content-Length that ``_content_length`` replaced."""
+    from sipstack.framing import _CONTENT_LENGTH_NAME_RE, _MAX_CL_DIGITS
+
+    result, seen = 0, False
+    match = _CONTENT_LENGTH_NAME_RE.search(buf, start, end)
+    while match is not None:
+        value_start = match.end()
+        eol = buf.find(b"\r\n", value_start, end)
+        if eol < 0:
+            eol = end
+        else:
+            while eol < end and buf[eol + 2] in b" \t":
+                eol = buf.find(b"\r\n", eol + 2, end)
+                if eol < 0:
+                    eol = end
+        digits = buf[value_start:eol].strip()
+        if not digits.isdigit():
+            return -1
+        if len(digits) > _MAX_CL_DIGITS:
+            digits = digits.lstrip(b"0")
+            if len(digits) > _MAX_CL_DIGITS:
+                return -3
+        value = int(digits)
+        if seen and value != result:
+            return -2
+        seen, result = True, value
+        match = _CONTENT_LENGTH_NAME_RE.search(buf, eol, end)
+    return result
+
+
+_CL_LINES = st.sampled_from(
+    [
+        b"Content-Length: 0", b"content-length:12", b"CONTENT-LENGTH \t: 7", b"l: 0", b"L:3",
+        b"Content-Length: 12", b"Content-Length:  1 2", b"Content-Length: -1", b"l: x",
+        b"Location: sip:a@b", b"Lx: 4", b"Via: SIP/2.0/TCP h", b" 5", b"\t0012",
+        b"Content-Length: " + b"0" * 30 + b"9", b"Content-Length: " + b"9" * 30, b"X-L: 3",
+        b"Content-Lengthy: 4", b"Content-Length:", b"l :  ",
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(_CL_LINES, max_size=6))
+def test_content_length_matches_the_reference_pattern(lines: list[bytes]) -> None:
+    """The find-based ``_content_length`` reads exactly what the case-insensitive pattern did
+    (compact and long names, SP/HTAB before the colon, folding, conflicts, absurd lengths)."""
+    from sipstack.framing import _content_length
+
+    data = b"\r\n".join([b"INVITE sip:a@b SIP/2.0", *lines]) + b"\r\n\r\n"
+    end = data.find(b"\r\n\r\n")
+    assert _content_length(data, 0, end) == _reference_content_length(data, 0, end)
+    assert _content_length(bytearray(data), 0, end) == _reference_content_length(data, 0, end)
