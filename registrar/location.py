@@ -163,6 +163,11 @@ def contact_key(uri: str) -> str:
     """
     if uri.islower():  # the common case: nothing to lower-case (and no regex)
         return uri
+    # Next most common: upper case only in the parameters (";transport=TCP"). The host ends at
+    # the first ";" after the userinfo's "@" (a user part may hold ";" but never "@").
+    semi = uri.find(";", uri.find("@") + 1)
+    if semi > 0 and uri[:semi].islower():
+        return uri
     m = _CONTACT_RE.match(uri)
     if m is None:
         return uri

@@ -32,8 +32,6 @@ reference (the property tests check that both agree). See ``bench/parse.py``.
 from __future__ import annotations
 
 import re
-from itertools import repeat
-from operator import itemgetter
 from typing import Any
 
 from .errors import SipParseError
@@ -149,22 +147,27 @@ def parse_message(
         # lacks a ':' and no value holds a CR; anything else takes the careful path below.
         lines = data[start:end].decode("utf-8", "surrogateescape").split("\n")
         known = _known_names
-        try:
-            headers = [
-                known[name] + (stripped,)
-                for name, colon, value in map(str.partition, lines[1:], repeat(":"))
-                if colon and "\r" not in (stripped := value.strip())
-            ]
-        except KeyError:
-            headers = None
-        else:
+        headers = []
+        for i in range(1, len(lines)):
+            line = lines[i]
+            colon = line.find(":")
+            entry = known.get(line[:colon]) if colon > 0 else None
+            if entry is None:
+                headers = None
+                break
+            value = line[colon + 1 :].strip()
+            if "\r" in value:
+                headers = None
+                break
+            headers.append((entry[0], entry[1], value))
+        if headers is not None:
             first = lines[0]
             if first[-1:] == "\r":
                 first = first[:-1]
-            if len(headers) == len(lines) - 1 and "\r" not in first:
-                body = data[end + 4 :]
-            else:
+            if "\r" in first:
                 headers = None
+            else:
+                body = data[end + 4 :]
     if headers is None:
         lines, body = _split_lenient(data, start, datagram)
         headers = _parse_headers(lines)
@@ -277,9 +280,6 @@ def _response(line: str, headers: list[tuple[str, str, str]], body: bytes) -> Re
     return Response(int(code), reason, headers, body, _check_version(version))
 
 
-_KEY_VALUE = itemgetter(0, 2)
-
-
 def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
     """Checks shared by requests and responses; returns the message's view cache and its
     Contact field lines. The parsed views go into the message's cache, so that ``msg.vias``,
@@ -287,8 +287,11 @@ def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
     (:data:`~sipstack.message.FIRST_VALUES`). The From is only checked when it has the usual
     ``<sip:...>;tag=...`` form (``msg.from_`` parses it on first use)."""
     headers = msg._headers
-    # The first value of each name: dict() keeps the last of equal keys, hence reversed().
-    first: dict[str, str] = dict(map(_KEY_VALUE, reversed(headers)))
+    # The first value of each name: walk backwards, so the first field of a name is set last.
+    first: dict[str, str] = {}
+    for i in range(len(headers) - 1, -1, -1):
+        field = headers[i]
+        first[field[0]] = field[2]
     if len(first) == len(headers):  # every name once (the usual request): no duplicates
         value = first.get("via")
         vias = [value] if value is not None else []

@@ -144,6 +144,11 @@ def test_key_contact_lowercases_scheme_and_host_only() -> None:
     uri = "sip:Alice@192.0.2.1:5060;transport=tcp"
     assert contact_key(uri) is uri  # already normal: same object
     assert contact_key("not a uri") == "not a uri"
+    uri = "sip:user1@127.0.0.1:5060;transport=TCP"  # upper case only in a parameter
+    assert contact_key(uri) is uri
+    assert contact_key("sip:a;x=1@HOST;transport=TCP") == "sip:a;x=1@host;transport=TCP"
+    assert contact_key("sip:a;x=Y@host;t=Z") == "sip:a;x=Y@host;t=Z"
+    assert contact_key("sip:Host;t=Z") == "sip:host;t=Z"
 
 
 def test_remaining_rounds_down_and_never_negative() -> None:
