@@ -30,10 +30,20 @@ Expiry
 Persistence (DESIGN.md §8: "stored registrations survive restarts")
     Write-behind to a per-FE SQLite file (WAL, ``synchronous=NORMAL``, exclusive locking so that
     two FEs can never share one file). :meth:`~LocationService.put` and the removals only record
-    ``(aor, key) -> binding or None`` in a dict of pending changes under a lock (repeated
-    changes of one binding coalesce) and never touch the disk; ONE background thread wakes every
-    ``flush_interval`` seconds (or when :meth:`~LocationService.flush` asks) and writes the pending
-    changes in one transaction. The REGISTER path therefore never waits on the disk.
+    ``(aor, key) -> binding`` (upsert) or ``-> row id`` (delete) in a dict of pending changes
+    under a lock (repeated changes of one binding coalesce) and never touch the disk; ONE
+    background thread wakes every ``flush_interval`` seconds (or when
+    :meth:`~LocationService.flush` asks) and writes the pending changes in one transaction. The
+    REGISTER path therefore never waits on the disk.
+
+    File format (``PRAGMA user_version`` = :data:`SCHEMA_VERSION` = 2): one table ``bindings``
+    whose ``id INTEGER PRIMARY KEY`` (the SQLite rowid) is the binding's
+    :attr:`Binding.row_id`, plus one column per persisted field and the ``key`` it was stored
+    under; no other index (every write is by id, so a batch dirties only table pages). The store
+    gives each new ``(aor, key)`` the next unused id; a replacing binding (refresh) takes the id
+    of the one it replaces, and so does a binding re-added while the removal of its key is still
+    pending or being written, so one ``(aor, key)`` never has two rows. Version 1 files (same
+    columns, ``PRIMARY KEY (aor, key)``) are migrated in place at :meth:`~LocationService.open`.
 
     A committed WAL transaction survives the death of the process (SIGKILL, crash, OOM kill):
     after SIGKILL an FE loses at most the changes of the last ``flush_interval`` seconds plus
@@ -71,7 +81,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -105,14 +115,18 @@ EVENTS: frozenset[str] = frozenset(
 Listener = Callable[[str, str, "Binding"], None]
 """``callback(event, aor, binding)``, see :meth:`LocationService.add_listener`."""
 
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of the bindings file this code writes and reads."""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of the bindings file this code writes (and the newest it reads).
+
+1: rowid table with ``PRIMARY KEY (aor, key)``; 2: ``id INTEGER PRIMARY KEY`` (the binding's
+:attr:`Binding.row_id`), no other index. Version 1 is migrated to 2 at open."""
 
 BUSY_TIMEOUT = 2.0
 """Seconds :meth:`LocationService.open` waits for a file locked by another process."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS bindings (
+_TABLE = """
+CREATE TABLE {name} (
+    id            INTEGER PRIMARY KEY,
     aor           TEXT    NOT NULL,
     key           TEXT    NOT NULL,
     contact       TEXT    NOT NULL,
@@ -126,20 +140,29 @@ CREATE TABLE IF NOT EXISTS bindings (
     path          TEXT,
     user_agent    TEXT,
     backup        INTEGER NOT NULL,
-    registered_at REAL    NOT NULL,
-    PRIMARY KEY (aor, key)
+    registered_at REAL    NOT NULL
 )
 """
-# A rowid table (the primary key is a separate index) rather than WITHOUT ROWID: rows are
-# ~300 bytes, too large for an efficient WITHOUT ROWID b-tree; INSERT OR REPLACE of a refresh
-# then appends to the table and costs about half the CPU (bench/location_memory.py).
+# Keyed by the integer row id alone (the table b-tree itself): no (aor, key) index to keep up,
+# so a batch of changes for random AORs dirties only the table pages of their rows (new ids
+# append at the end). The store, not SQLite, keeps (aor, key) unique (see put()).
+_SCHEMA = _TABLE.format(name="bindings")
 _COLUMNS = (
     "aor, key, contact, expires_at, call_id, cseq, q, instance_id, reg_id, source, path,"
     " user_agent, backup, registered_at"
 )
-_INSERT = f"INSERT OR REPLACE INTO bindings ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_DELETE = "DELETE FROM bindings WHERE aor = ? AND key = ?"
-_SELECT = f"SELECT {_COLUMNS} FROM bindings WHERE expires_at > ?"
+_INSERT = f"INSERT OR REPLACE INTO bindings (id, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_DELETE = "DELETE FROM bindings WHERE id = ?"
+_SELECT = f"SELECT id, {_COLUMNS} FROM bindings WHERE expires_at > ? ORDER BY id"
+_MIGRATE_V1 = (
+    _TABLE.format(name="bindings_v2"),
+    # (ids numbered afresh: some version-1 files are WITHOUT ROWID tables, which have no rowid)
+    f"INSERT INTO bindings_v2 ({_COLUMNS}) SELECT {_COLUMNS} FROM bindings ORDER BY expires_at",
+    "DROP TABLE bindings",
+    "ALTER TABLE bindings_v2 RENAME TO bindings",
+)
+"""Version 1 -> 2, run inside the open() transaction: the rows keep every column and get
+ids 1, 2, ... in expiry order (both version-1 layouts: rowid and WITHOUT ROWID tables)."""
 
 # scheme ":" [userinfo "@"] host rest; userinfo may hold ";" and ":" (RFC 3261 §25.1 user,
 # password) but never "@", so the greedy "[^@]*@" stops at the only "@".
@@ -184,7 +207,9 @@ class Binding:
     """One contact of an AOR at this registrar (RFC 3261 §10; DESIGN.md §2 "binding").
 
     Treat a binding that was given to :meth:`LocationService.put` as immutable (the writer
-    thread may be reading it); to change one, put a new one (``dataclasses.replace``).
+    thread may be reading it); to change one, put a new one (``dataclasses.replace``). The
+    binding then belongs to that store, which sets its :attr:`row_id` (and may swap its
+    strings for equal shared ones) during put; do not put one object into two stores.
 
     Attributes:
         aor: normalised AOR, ``"sip:user@domain"`` (DESIGN.md §4).
@@ -204,6 +229,12 @@ class Binding:
         user_agent: the User-Agent header of the REGISTER.
         backup: registered in pool backup mode (DESIGN.md §4).
         registered_at: wall-clock time (seconds) of the first registration of this binding.
+        row_id: id of its row in the bindings file (``bindings.id``), set by
+            :meth:`LocationService.put` of a persisting store (also for a binding restored by
+            :meth:`~LocationService.open`); ``0`` when not stored in a file. Store-owned
+            bookkeeping: not compared (``==`` ignores it), not shown in ``repr``, and
+            ``dataclasses.replace`` copies it but put assigns it anew. Last in field order
+            (``registrar/register.py`` builds bindings positionally).
     """
 
     aor: str
@@ -220,6 +251,7 @@ class Binding:
     user_agent: str | None = None
     backup: bool = False
     registered_at: float = 0.0
+    row_id: int = field(default=0, compare=False, repr=False)
 
     def __init__(
         self,
@@ -237,6 +269,7 @@ class Binding:
         user_agent: str | None = None,
         backup: bool = False,
         registered_at: float = 0.0,
+        row_id: int = 0,
     ) -> None:
         # Written out (init=False): a dataclass-generated __init__ runs interpreted even in a
         # compiled module (docs/native.md); one binding is built per REGISTER contact.
@@ -254,6 +287,7 @@ class Binding:
         self.user_agent = user_agent
         self.backup = backup
         self.registered_at = registered_at
+        self.row_id = row_id
 
     @property
     def key(self) -> str:
@@ -367,7 +401,11 @@ class LocationService:
         self._unopened_file = self._db_path is not None  # put() before open() would be lost
         self._lock = threading.Lock()
         self._written_cond = threading.Condition(self._lock)
-        self._pending: dict[tuple[str, str], Binding | None] = {}
+        # (aor, key) -> the binding to upsert, or the row id to delete
+        self._pending: dict[tuple[str, str], Binding | int] = {}
+        # the batch the writer is writing now (same form); put() reuses its deleted row ids
+        self._inflight: dict[tuple[str, str], Binding | int] = {}
+        self._next_row_id = 1  # row id of the next new (aor, key); set by open()
         self._seq = 0  # changes enqueued so far
         self._written = 0  # _seq value covered by the last successful write
         self._attempts = 0  # write attempts finished
@@ -376,7 +414,7 @@ class LocationService:
         self._stopping = False
         self._writer_thread: threading.Thread | None = None
         # what the writer thread writes a batch with (tests swap it to slow down or fail writes)
-        self._write: Callable[[dict[tuple[str, str], Binding | None]], None] = self._write_batch
+        self._write: Callable[[dict[tuple[str, str], Binding | int]], None] = self._write_batch
         self._conn: sqlite3.Connection | None = None
         self._state: Literal["new", "open", "closed"] = "new"
 
@@ -384,8 +422,10 @@ class LocationService:
     def open(self) -> int:
         """Restore the bindings file and start the writer thread.
 
-        Loads every row whose ``expires_at`` is later than ``clock()`` (with ``flow_id=None``)
-        and deletes the expired rows. Restored bindings produce no listener events. Without a
+        Loads every row whose ``expires_at`` is later than ``clock()`` (with ``flow_id=None``
+        and ``row_id`` = the row's id) and deletes the expired rows. A version 1 file is first
+        migrated to the current schema (:data:`SCHEMA_VERSION`) in the same transaction; a
+        failure leaves it unchanged. Restored bindings produce no listener events. Without a
         ``db_path`` this only marks the service open.
 
         Returns:
@@ -459,32 +499,42 @@ class LocationService:
                     row[0]
                     for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 }
-                if tables - {"bindings"}:
+                if tables:
                     raise LocationStoreError(
-                        f"{path}: not a bindings file (it holds tables {sorted(tables)}); "
-                        f"point the location store at its own file"
+                        f"{path}: not a bindings file (it holds tables {sorted(tables)} but no "
+                        f"schema version); point the location store at its own file"
                     )
                 conn.execute(_SCHEMA)
+            elif version == 1:  # (aor, key) primary key: same rows, keyed by their rowid now
+                for statement in _MIGRATE_V1:
+                    conn.execute(statement)
+                log.info("%s: bindings file migrated from schema version 1 to 2", path)
+            if version != SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             now = self._clock()
             dropped = conn.execute("DELETE FROM bindings WHERE expires_at <= ?", (now,)).rowcount
             restored = 0
-            rekeyed: list[tuple[str, str, Binding]] = []
+            stale: list[tuple[int]] = []  # ids of rows replaced by a later row of their key
+            rekeyed: list[Binding] = []
             for row in conn.execute(_SELECT, (now,)):
                 binding, stored_key = _from_row(row, path)
                 key = binding.key
                 if key != stored_key:  # key rules changed since it was written
-                    rekeyed.append((binding.aor, stored_key, binding))
+                    rekeyed.append(binding)
                 old, aor = self._store(binding, key)
                 self._file(_bucket(binding.expires_at), aor)
                 if old is None:
                     restored += 1
-            for aor, stored_key, binding in rekeyed:
-                conn.execute(_DELETE, (aor, stored_key))
+                else:  # two rows of one key (possible after rekeying): keep the last
+                    stale.append((old.row_id,))
+            if stale:
+                conn.executemany(_DELETE, stale)
+            for binding in rekeyed:
                 key = binding.key
-                kept = self._find(aor, key)  # two old rows may now share one key: keep the last
-                if kept is not None:
-                    conn.execute(_INSERT, _to_row(key, kept))
+                if self._find(binding.aor, key) is binding:  # not replaced: store its new key
+                    conn.execute(_INSERT, _to_row(key, binding))
+            top = conn.execute("SELECT max(id) FROM bindings").fetchone()[0]
+            self._next_row_id = 1 if top is None else int(top) + 1
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -677,8 +727,10 @@ class LocationService:
 
         Args:
             binding: the new binding; ``binding.aor`` must be normalised (DESIGN.md §4) and
-                ``expires_at`` finite. The store keeps this object (do not mutate it later) and
-                may swap its ``aor``, ``user_agent`` and ``path`` for equal shared strings.
+                ``expires_at`` finite. The store keeps this object (do not mutate it later),
+                may swap its ``aor``, ``user_agent`` and ``path`` for equal shared strings and,
+                when persisting, sets its ``row_id`` (that of the binding it replaces, else a
+                new one).
             reason: listener event, normally ``"created"``, ``"refreshed"``, ``"shortened"``
                 or ``"replaced"``. ``None`` infers it: ``"created"`` when nothing was replaced,
                 ``"replaced"`` when the contact URI changed, ``"shortened"`` when
@@ -713,8 +765,23 @@ class LocationService:
         if old is None or _bucket(old.expires_at) != second:  # else: already filed there
             self._file(second, aor)
         if self._persist:
+            change = (aor, key)
             with self._lock:
-                self._pending[(aor, key)] = binding
+                if old is not None:  # a refresh or replacement overwrites the same row
+                    binding.row_id = old.row_id
+                else:
+                    # Re-added while the removal of this key is pending or being written: take
+                    # the removed row's id, so the upsert overwrites that row (or re-creates it
+                    # after the delete) instead of leaving it behind.
+                    gone = self._pending.get(change)
+                    if gone is None:
+                        gone = self._inflight.get(change)
+                    if isinstance(gone, int):
+                        binding.row_id = gone
+                    else:
+                        binding.row_id = self._next_row_id
+                        self._next_row_id += 1
+                self._pending[change] = binding
                 self._seq += 1
         if old is not None and old.expires_at <= self._clock():
             self._emit("expired", aor, old)
@@ -755,7 +822,7 @@ class LocationService:
         aor = old.aor
         if self._persist:
             with self._lock:
-                self._pending[(aor, key)] = None
+                self._pending[(aor, key)] = old.row_id
                 self._seq += 1
         if old.expires_at <= self._clock():
             self._emit("expired", aor, old)
@@ -790,7 +857,7 @@ class LocationService:
         if self._persist:
             with self._lock:
                 for key, binding in items:
-                    self._pending[(binding.aor, key)] = None
+                    self._pending[(binding.aor, key)] = binding.row_id
                 self._seq += 1
         now = self._clock()
         removed = sorted((b for _, b in items if b.expires_at > now), key=_order)
@@ -874,7 +941,7 @@ class LocationService:
             self._drop(aor, key)
             if self._persist:
                 with self._lock:
-                    self._pending[(binding.aor, key)] = None
+                    self._pending[(binding.aor, key)] = binding.row_id
                     self._seq += 1
             out.append(binding)
             self._emit("expired", binding.aor, binding)
@@ -994,6 +1061,7 @@ class LocationService:
             stopping = self._stopping or not main.is_alive()
             with self._lock:
                 batch, self._pending = self._pending, {}
+                self._inflight = batch
                 seq = self._seq
             error: BaseException | None = None
             if batch:
@@ -1004,6 +1072,10 @@ class LocationService:
                     with self._lock:  # keep them; newer changes of the same binding win
                         for change_key, change in batch.items():
                             self._pending.setdefault(change_key, change)
+                        self._inflight = {}
+                else:
+                    with self._lock:
+                        self._inflight = {}
             if error is not None and not failing:
                 log.error(
                     "%s: cannot write %d binding changes (retrying every %.3gs): %s",
@@ -1026,17 +1098,22 @@ class LocationService:
             if stopping:
                 return
 
-    def _write_batch(self, batch: dict[tuple[str, str], Binding | None]) -> None:
-        """Write one batch of coalesced changes in one transaction (writer thread only)."""
+    def _write_batch(self, batch: dict[tuple[str, str], Binding | int]) -> None:
+        """Write one batch of coalesced changes in one transaction (writer thread only).
+
+        An upsert is ``INSERT OR REPLACE`` by ``binding.row_id``, a delete (an ``int``) is
+        ``DELETE ... WHERE id = ?``. Deletes go first: a row id is only ever reused for the
+        same ``(aor, key)``, so one batch never holds both a delete and an upsert of one id.
+        """
         conn = self._conn
         assert conn is not None
-        rows = []
-        deletes = []
-        for (aor, key), binding in batch.items():
-            if binding is None:
-                deletes.append((aor, key))
+        rows: list[tuple[object, ...]] = []
+        deletes: list[tuple[int]] = []
+        for (_, key), change in batch.items():
+            if isinstance(change, int):
+                deletes.append((change,))
             else:
-                rows.append(_to_row(key, binding))
+                rows.append(_to_row(key, change))
         conn.execute("BEGIN")
         try:
             if deletes:
@@ -1051,7 +1128,9 @@ class LocationService:
 
 
 def _to_row(key: str, b: Binding) -> tuple[object, ...]:
+    """The ``_INSERT`` parameters of ``b`` stored under ``key``."""
     return (
+        b.row_id,
         b.aor,
         key,
         b.contact,
@@ -1070,8 +1149,9 @@ def _to_row(key: str, b: Binding) -> tuple[object, ...]:
 
 
 def _from_row(row: tuple[Any, ...], path: Path) -> tuple[Binding, str]:
-    """A Binding from a ``_SELECT`` row, and the key it was stored under."""
+    """A Binding from a ``_SELECT`` row (``row_id`` set), and the key it was stored under."""
     (
+        row_id,
         aor,
         key,
         contact,
@@ -1105,6 +1185,7 @@ def _from_row(row: tuple[Any, ...], path: Path) -> tuple[Binding, str]:
             user_agent=None if user_agent is None else sys.intern(str(user_agent)),
             backup=bool(backup),
             registered_at=float(registered_at),
+            row_id=int(row_id),
         )
     except (TypeError, ValueError) as exc:
         raise LocationStoreError(

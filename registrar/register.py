@@ -60,9 +60,10 @@ log = logging.getLogger("registrar.register")
 
 # _update builds bindings with positional arguments (a third of the cost of keywords, on the
 # path of every REGISTER); this guards against a change of the field order in location.py.
+# It passes all but the last, row_id, which the location store sets when it stores the binding.
 _BINDING_FIELDS = (
     "aor", "contact", "expires_at", "call_id", "cseq", "q", "instance_id", "reg_id", "flow_id",
-    "source", "path", "user_agent", "backup", "registered_at",
+    "source", "path", "user_agent", "backup", "registered_at", "row_id",
 )  # fmt: skip
 if tuple(f.name for f in dataclasses.fields(Binding)) != _BINDING_FIELDS:
     raise ImportError("registrar.register: Binding fields changed; update RegisterService._update")

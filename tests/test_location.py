@@ -1,19 +1,23 @@
 """Tests of registrar.location: the bindings store (RFC 3261 §10, RFC 5626; DESIGN.md §2, §3, §8).
 
 Index and keys, look-up order, removal, the flow index, expiry sweeps with a fake clock,
-listener events, write-behind persistence (asynchronous, coalescing, error reporting), restore
-after a graceful close, after the main thread ends without close, and after a real SIGKILL.
+listener events, write-behind persistence (asynchronous, coalescing, error reporting), row ids
+(one row per binding, reused by refreshes and by re-adds of a pending removal), the migration
+of version 1 files, restore after a graceful close, after the main thread ends without close,
+and after a real SIGKILL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -646,7 +650,7 @@ def test_put_does_not_wait_for_a_slow_writer(db: Path, clock: FakeClock) -> None
     writing = threading.Event()
     real_write = s._write
 
-    def slow_write(batch: dict[tuple[str, str], Binding | None]) -> None:
+    def slow_write(batch: dict[tuple[str, str], Binding | int]) -> None:
         writing.set()
         assert release.wait(30)
         real_write(batch)
@@ -672,10 +676,10 @@ def test_put_does_not_wait_for_a_slow_writer(db: Path, clock: FakeClock) -> None
 def test_changes_of_one_binding_coalesce(db: Path, clock: FakeClock) -> None:
     s = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
     s.open()
-    batches: list[dict[tuple[str, str], Binding | None]] = []
+    batches: list[dict[tuple[str, str], Binding | int]] = []
     real_write = s._write
 
-    def record(batch: dict[tuple[str, str], Binding | None]) -> None:
+    def record(batch: dict[tuple[str, str], Binding | int]) -> None:
         batches.append(dict(batch))
         real_write(batch)
 
@@ -683,10 +687,14 @@ def test_changes_of_one_binding_coalesce(db: Path, clock: FakeClock) -> None:
     for cseq in range(100):
         s.put(binding(cseq=cseq))
     s.put(binding(contact="sip:a@gone"))
+    gone_id = s.get(ALICE, "sip:a@gone").row_id  # type: ignore[union-attr]
     s.remove(ALICE, "sip:a@gone")
     s.flush()
     assert len(batches) == 1
-    assert batches[0] == {(ALICE, binding().key): binding(cseq=99), (ALICE, "sip:a@gone"): None}
+    assert batches[0] == {
+        (ALICE, binding().key): binding(cseq=99),
+        (ALICE, "sip:a@gone"): gone_id,  # a delete is the row id
+    }
     s.close()
 
 
@@ -698,7 +706,7 @@ def test_write_failure_is_reported_by_flush_and_retried(
     real_write = s._write
     failures = [sqlite3.OperationalError("disk I/O error")]
 
-    def flaky(batch: dict[tuple[str, str], Binding | None]) -> None:
+    def flaky(batch: dict[tuple[str, str], Binding | int]) -> None:
         if failures:
             raise failures.pop()
         real_write(batch)
@@ -719,7 +727,7 @@ def test_close_reports_changes_it_could_not_write(db: Path, clock: FakeClock) ->
     s = LocationService(db, clock=clock, flush_interval=60)
     s.open()
 
-    def broken(batch: dict[tuple[str, str], Binding | None]) -> None:
+    def broken(batch: dict[tuple[str, str], Binding | int]) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     s._write = broken
@@ -752,6 +760,326 @@ def test_rows_stored_under_an_outdated_key_are_rekeyed(db: Path, clock: FakeCloc
         assert r.get(ALICE, "sip:a@host.example.com") == binding(contact="sip:a@Host.example.com")
     with raw(db) as conn:
         assert conn.execute("SELECT key FROM bindings").fetchall() == [("sip:a@host.example.com",)]
+
+
+def test_two_rows_that_now_share_a_key_keep_the_last(db: Path, clock: FakeClock) -> None:
+    with LocationService(db, clock=clock) as s:
+        s.put(binding(contact="sip:a@Host.example.com", cseq=1))
+    with raw(db) as conn:  # a second row, stored under an older key rule, for the same key
+        conn.execute(
+            "INSERT INTO bindings (id, aor, key, contact, expires_at, call_id, cseq, source,"
+            " backup, registered_at) SELECT id + 10, aor, 'key-from-older-rules',"
+            " 'sip:a@HOST.example.com', expires_at, call_id, 2, source, backup, registered_at"
+            " FROM bindings"
+        )
+    with LocationService(db, clock=clock) as r:
+        assert r.lookup(ALICE) == [binding(contact="sip:a@HOST.example.com", cseq=2)]
+        assert r.lookup(ALICE)[0].row_id == 11
+    with raw(db) as conn:
+        assert conn.execute("SELECT id, key, cseq FROM bindings").fetchall() == [
+            (11, "sip:a@host.example.com", 2)
+        ]
+
+
+# ------------------------------------------------------------------------------ row ids
+
+
+def rows(db: Path) -> list[tuple[int, str, str, str, int]]:
+    """(id, aor, key, contact, cseq) of every row of the bindings file, by id."""
+    with raw(db) as conn:
+        return conn.execute(
+            "SELECT id, aor, key, contact, cseq FROM bindings ORDER BY id"
+        ).fetchall()
+
+
+def test_schema_is_keyed_by_row_id_alone(db: Path, clock: FakeClock) -> None:
+    with LocationService(db, clock=clock) as s:
+        s.put(binding())
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(bindings)")]
+        assert columns[0] == "id" and {"aor", "key", "contact", "expires_at"} <= set(columns)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == []
+
+
+def test_new_bindings_get_new_row_ids_and_a_refresh_keeps_its_own(
+    db: Path, clock: FakeClock
+) -> None:
+    first = binding(cseq=1)
+    other = binding(contact="sip:a@other")
+    with LocationService(db, clock=clock) as s:
+        s.put(first)
+        s.put(other)
+        assert (first.row_id, other.row_id) == (1, 2)
+    assert len(rows(db)) == 2
+    refresh = binding(cseq=2, expires=7200)
+    with LocationService(db, clock=clock) as s:
+        assert s.put(refresh) == first
+        assert refresh.row_id == first.row_id == 1
+    assert rows(db) == [
+        (1, ALICE, first.key, first.contact, 2),
+        (2, ALICE, "sip:a@other", "sip:a@other", 1),
+    ]
+    assert Binding.__eq__(first, dataclasses.replace(first, row_id=99))  # not compared
+    assert "row_id" not in repr(first)
+
+
+def test_memory_only_store_assigns_no_row_ids(store: LocationService) -> None:
+    b = binding()
+    store.put(b)
+    assert b.row_id == 0
+
+
+def test_remove_then_re_add_within_one_flush_leaves_one_row(db: Path, clock: FakeClock) -> None:
+    s = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
+    s.open()
+    s.put(binding(cseq=1))
+    s.put(binding(aor=BOB, contact="sip:b@1"))
+    s.flush()
+    s.remove(ALICE, binding().key)
+    again = binding(cseq=2)
+    s.put(again)  # the removal is still pending: reuses its row
+    assert again.row_id == 1
+    s.remove_aor(BOB)
+    s.put(binding(aor=BOB, contact="sip:b@1", cseq=3))
+    s.close()
+    assert rows(db) == [(1, ALICE, again.key, again.contact, 2), (2, BOB, "sip:b@1", "sip:b@1", 3)]
+    s = reopen(db, clock)
+    s.remove(ALICE, again.key)
+    s.put(binding(contact="sip:a@new"))  # a new key: a new row id
+    s.close()
+    assert rows(db) == [(2, BOB, "sip:b@1", "sip:b@1", 3), (3, ALICE, "sip:a@new", "sip:a@new", 1)]
+
+
+def test_re_add_while_the_removal_is_being_written_leaves_one_row(
+    db: Path, clock: FakeClock
+) -> None:
+    s = LocationService(db, clock=clock, flush_interval=0.05)
+    s.open()
+    s.put(binding(cseq=1))
+    s.flush()
+    release = threading.Event()
+    writing = threading.Event()
+    real_write = s._write
+
+    def slow_write(batch: dict[tuple[str, str], Binding | int]) -> None:
+        writing.set()
+        assert release.wait(30)
+        real_write(batch)
+
+    s._write = slow_write
+    try:
+        s.remove(ALICE, binding().key)
+        assert writing.wait(10)  # the delete is in flight...
+        again = binding(cseq=2)
+        s.put(again)  # ...so the re-added binding takes its row id
+        assert again.row_id == 1
+    finally:
+        release.set()
+    s.close()
+    assert rows(db) == [(1, ALICE, again.key, again.contact, 2)]
+
+
+def test_re_add_while_a_failed_removal_waits_for_its_retry_leaves_one_row(
+    db: Path, clock: FakeClock
+) -> None:
+    s = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
+    s.open()
+    s.put(binding(cseq=1))
+    s.flush()
+    real_write = s._write
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def flaky(batch: dict[tuple[str, str], Binding | int]) -> None:
+        if failures:
+            raise failures.pop()
+        real_write(batch)
+
+    s._write = flaky
+    s.remove(ALICE, binding().key)
+    with pytest.raises(LocationStoreError):
+        s.flush()  # the delete failed and is pending again
+    again = binding(cseq=2)
+    s.put(again)
+    assert again.row_id == 1
+    s.close()
+    assert rows(db) == [(1, ALICE, again.key, again.contact, 2)]
+
+
+def test_row_ids_survive_a_restart(db: Path, clock: FakeClock) -> None:
+    with LocationService(db, clock=clock, flush_interval=0.05) as s:
+        for i in range(5):
+            s.put(binding(contact=f"sip:a@{i}"))
+        s.remove(ALICE, "sip:a@4")  # the highest id is gone: not reused after the restart
+    with LocationService(db, clock=clock, flush_interval=0.05) as r:
+        assert sorted(b.row_id for b in r.lookup(ALICE)) == [1, 2, 3, 4]
+        refresh = binding(contact="sip:a@2", cseq=9)
+        r.put(refresh)
+        assert refresh.row_id == 3
+        new = binding(contact="sip:a@new")
+        r.put(new)
+        assert new.row_id == 5
+        r.remove(ALICE, "sip:a@0")
+    assert [(row[0], row[3], row[4]) for row in rows(db)] == [
+        (2, "sip:a@1", 1),
+        (3, "sip:a@2", 9),
+        (4, "sip:a@3", 1),
+        (5, "sip:a@new", 1),
+    ]
+
+
+PERSISTED_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "remove", "remove_aor", "sweep", "tick", "flush"]),
+        st.integers(0, 1),  # aor
+        st.integers(0, 4),  # contact
+        st.integers(1, 30),  # expires
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(PERSISTED_OPS)
+def test_file_holds_one_row_per_binding(ops: list[tuple[str, int, int, int]]) -> None:
+    """After any changes (flushed at random points), the file holds exactly the store's bindings,
+    one row each, under their own row ids; a reopen restores the unexpired ones."""
+    clock = FakeClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bindings.sqlite"
+        store = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
+        store.open()
+        cseq = 0
+        for op, a, c, expires in ops:
+            aor = f"sip:u{a}@example.com"
+            if op == "put":
+                cseq += 1
+                store.put(Binding(aor, f"sip:u@h{c}", clock.now + expires, "cid", cseq))
+            elif op == "remove":
+                store.remove(aor, f"sip:u@h{c}")
+            elif op == "remove_aor":
+                store.remove_aor(aor)
+            elif op == "sweep":
+                store.sweep()
+            elif op == "tick":
+                clock.now += expires / 3
+            else:
+                store.flush()
+        stored = {
+            (b.row_id, b.aor, b.key, b.cseq) for a in store.aors() for b in store._iter_aor(a)
+        }
+        live = {(b.aor, b.key): b for a in store.aors() for b in store.lookup(a)}
+        store.close()
+        with raw(db) as conn:
+            on_disk = conn.execute("SELECT id, aor, key, cseq FROM bindings").fetchall()
+        assert len(on_disk) == len(stored) and set(on_disk) == stored
+        with LocationService(db, clock=clock) as again:
+            assert {(b.aor, b.key): b for a in again.aors() for b in again.lookup(a)} == live
+
+
+# The version 1 schema, as operators have it on disk (kept literally: the migration's input).
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS bindings (
+    aor           TEXT    NOT NULL,
+    key           TEXT    NOT NULL,
+    contact       TEXT    NOT NULL,
+    expires_at    REAL    NOT NULL,
+    call_id       TEXT    NOT NULL,
+    cseq          INTEGER NOT NULL,
+    q             REAL,
+    instance_id   TEXT,
+    reg_id        INTEGER,
+    source        TEXT,
+    path          TEXT,
+    user_agent    TEXT,
+    backup        INTEGER NOT NULL,
+    registered_at REAL    NOT NULL,
+    PRIMARY KEY (aor, key)
+)
+"""
+INSERT_V1 = (
+    "INSERT OR REPLACE INTO bindings (aor, key, contact, expires_at, call_id, cseq, q,"
+    " instance_id, reg_id, source, path, user_agent, backup, registered_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+@pytest.mark.parametrize("layout", ["", " WITHOUT ROWID"])
+def test_version_1_file_is_migrated_in_place(db: Path, clock: FakeClock, layout: str) -> None:
+    """Both version-1 layouts (earlier releases wrote a WITHOUT ROWID table) migrate."""
+    v1 = [full_binding(i) for i in (1, 2, 5)]
+    expired = binding(aor=BOB, contact="sip:b@old", expires=-1)
+    db.parent.mkdir(parents=True)
+    with raw(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(SCHEMA_V1.rstrip() + layout)
+        conn.execute("PRAGMA user_version=1")
+        for b in (*v1, expired):
+            conn.execute(
+                INSERT_V1,
+                (b.aor, b.key, b.contact, b.expires_at, b.call_id, b.cseq, b.q, b.instance_id,
+                 b.reg_id, b.source, json.dumps(list(b.path)) if b.path else None,
+                 b.user_agent, int(b.backup), b.registered_at),
+            )  # fmt: skip
+    want = {(b.aor, b.key): dataclasses.replace(b, flow_id=None) for b in v1}
+
+    r = reopen(db, clock)
+    try:
+        got = {(b.aor, b.key): b for aor in r.aors() for b in r.lookup(aor)}
+        assert got == want
+        ids = {key: b.row_id for key, b in got.items()}
+        assert len(set(ids.values())) == 3 and min(ids.values()) >= 1  # numbered afresh
+        with r._lock:
+            next_id = r._next_row_id
+        assert next_id > max(ids.values())
+        changed = dataclasses.replace(v1[0], cseq=500)
+        r.put(changed)
+        assert changed.row_id == ids[(v1[0].aor, v1[0].key)]
+        r.remove(v1[1].aor, v1[1].key)
+        added = full_binding(9)
+        r.put(added)
+        assert added.row_id == next_id
+    finally:
+        r.close()
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == []
+        assert conn.execute("SELECT id, cseq FROM bindings ORDER BY id").fetchall() == sorted(
+            [
+                (changed.row_id, 500),
+                (ids[(v1[2].aor, v1[2].key)], v1[2].cseq),
+                (added.row_id, added.cseq),
+            ]
+        )
+    want = {(b.aor, b.key): dataclasses.replace(b, flow_id=None) for b in (changed, v1[2], added)}
+    with LocationService(db, clock=clock) as again:
+        assert {(b.aor, b.key): b for a in again.aors() for b in again.lookup(a)} == want
+
+
+def test_failed_migration_leaves_the_version_1_file_unchanged(
+    db: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.parent.mkdir(parents=True)
+    with raw(db) as conn:
+        conn.execute(SCHEMA_V1)
+        conn.execute("PRAGMA user_version=1")
+        b = binding()
+        conn.execute(
+            INSERT_V1,
+            (b.aor, b.key, b.contact, b.expires_at, b.call_id, b.cseq, None, None, None,
+             b.source, None, None, 0, b.registered_at),
+        )  # fmt: skip
+    broken = (*location_module._MIGRATE_V1[:-1], "ALTER TABLE no_such_table RENAME TO x")
+    monkeypatch.setattr(location_module, "_MIGRATE_V1", broken)
+    with pytest.raises(LocationStoreError, match="no_such_table"):
+        LocationService(db, clock=clock).open()
+    monkeypatch.undo()
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        assert tables == [("bindings",)]
+    with LocationService(db, clock=clock) as r:  # and a later open migrates it
+        assert r.lookup(ALICE) == [binding()]
 
 
 def test_open_twice_is_an_error(opened: LocationService) -> None:
