@@ -1206,3 +1206,22 @@ def test_bindings_written_when_the_program_ends_without_close(tmp_path: Path) ->
         assert store.open() == 10_000
     finally:
         store.close()
+
+
+def test_large_batches_are_written_in_chunks(db: Path, clock: FakeClock) -> None:
+    """Batches larger than one statement's rows (and of odd sizes) persist every change."""
+    s = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
+    s.open()
+    put = [full_binding(i) for i in range(203)]
+    for b in put:
+        s.put(b)
+    s.flush()
+    for b in put[:131]:
+        s.remove(b.aor, b.key)
+    s.flush()
+    s.close()
+    with raw(db) as conn:
+        assert conn.execute("SELECT count(*) FROM bindings").fetchone()[0] == 72
+    want = {(b.aor, b.key): dataclasses.replace(b, flow_id=None) for b in put[131:]}
+    with LocationService(db, clock=clock) as again:
+        assert {(b.aor, b.key): b for a in again.aors() for b in again.lookup(a)} == want
