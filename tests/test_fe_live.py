@@ -367,12 +367,13 @@ def test_missing_cert_file_exits_2(tmp_path: Path) -> None:
     assert "--cert" in proc.stderr, proc.stderr
 
 
-def test_port_in_use_exits_1() -> None:
+def test_port_in_use_exits_1(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", free_port("tcp")))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = _serve("--listen", f"tcp:127.0.0.1:{port}")
+        # (its own state directory: the default, ./state, would be the caller's working tree)
+        proc = _serve("--listen", f"tcp:127.0.0.1:{port}", "--state-dir", str(tmp_path / "state"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "cannot listen" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
