@@ -158,15 +158,15 @@ _ROWS_PER_STATEMENT = 64
 999-variable limit of old SQLite builds): one statement run instead of one per row costs about
 a sixth less CPU per row and releases the GIL once per statement rather than once per row.
 Statements exist for 1, 2, 4 ... 64 rows, so a batch of any size uses a handful of cached ones."""
-_INSERTS: dict[int, str] = {}
-_DELETES: dict[int, str] = {}
-_n = 1
-while _n <= _ROWS_PER_STATEMENT:
-    _INSERTS[_n] = f"INSERT OR REPLACE INTO bindings (id, {_COLUMNS}) VALUES " + ",".join(
-        ["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * _n
-    )
-    _DELETES[_n] = "DELETE FROM bindings WHERE id IN (" + ",".join(["?"] * _n) + ")"
-    _n *= 2
+_CHUNKS = tuple(2**i for i in range(_ROWS_PER_STATEMENT.bit_length()))  # 1, 2, 4 ... 64
+_INSERTS: dict[int, str] = {
+    n: f"INSERT OR REPLACE INTO bindings (id, {_COLUMNS}) VALUES "
+    + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * n)
+    for n in _CHUNKS
+}
+_DELETES: dict[int, str] = {
+    n: "DELETE FROM bindings WHERE id IN (" + ",".join(["?"] * n) + ")" for n in _CHUNKS
+}
 _SELECT = f"SELECT id, {_COLUMNS} FROM bindings WHERE expires_at > ? ORDER BY id"
 _MIGRATE_V1 = (
     _TABLE.format(name="bindings_v2"),

@@ -44,6 +44,7 @@ __all__ = [
     "Request",
     "Response",
     "check_call_id",
+    "list_elements",
     "make_response",
     "parse_contacts",
     "parse_vias",
@@ -120,19 +121,28 @@ def check_call_id(value: str) -> str:
     return value
 
 
+def list_elements(values: list[str]) -> list[str]:
+    """The elements of list header field lines ``values``, split at the commas between them
+    (RFC 3261 §7.3.1; commas inside quotes and ``<>`` are kept); ``values`` itself when no
+    line holds a comma."""
+    if not any("," in value for value in values):
+        return values
+    out: list[str] = []
+    for value in values:
+        if "," in value:
+            out.extend(split_commas(value))
+        else:
+            out.append(value)
+    return out
+
+
 def parse_vias(values: list[str]) -> list[Via]:
     """Every Via of the Via field lines ``values`` (each may hold several, RFC 3261 §7.3.1).
 
     Raises:
         SipParseError: a Via that does not parse.
     """
-    if len(values) == 1 and "," not in values[0]:
-        return [parse_via(values[0])]
-    return [
-        parse_via(element)
-        for value in values
-        for element in (split_commas(value) if "," in value else (value,))
-    ]
+    return [parse_via(element) for element in list_elements(values)]
 
 
 def parse_contacts(values: list[str]) -> list[NameAddr]:
@@ -141,13 +151,7 @@ def parse_contacts(values: list[str]) -> list[NameAddr]:
     Raises:
         SipParseError: a Contact that does not parse.
     """
-    if len(values) == 1 and "," not in values[0]:
-        return [parse_name_addr(values[0])]
-    return [
-        parse_name_addr(element)
-        for value in values
-        for element in (split_commas(value) if "," in value else (value,))
-    ]
+    return [parse_name_addr(element) for element in list_elements(values)]
 
 
 def _check_value(value: str) -> str:
@@ -218,16 +222,8 @@ class Message:
         """Every element of a list header, split at commas across all its field lines
         (RFC 3261 §7.3.1). For headers not in ``MULTI_VALUED``, the same as :meth:`get_all`."""
         key = _key_cache.get(name) or _key_of(name)
-        if key not in MULTI_VALUED:
-            return [v for k, _, v in self._headers if k == key]
-        out: list[str] = []
-        for k, _, v in self._headers:
-            if k == key:
-                if "," in v:
-                    out.extend(split_commas(v))
-                else:
-                    out.append(v)
-        return out
+        lines = [v for k, _, v in self._headers if k == key]
+        return list_elements(lines) if key in MULTI_VALUED else lines
 
     def count(self, name: str) -> int:
         """How many header field lines are called ``name``."""

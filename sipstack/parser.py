@@ -280,6 +280,18 @@ def _response(line: str, headers: list[tuple[str, str, str]], body: bytes) -> Re
     return Response(int(code), reason, headers, body, _check_version(version))
 
 
+def _required(first: dict[str, str], key: str) -> str:
+    """The first value of required header ``key`` (RFC 4475 §3.3.1: From, To, Call-ID, CSeq).
+
+    Raises:
+        SipParseError: the header is missing.
+    """
+    value = first.get(key)
+    if value is None:
+        raise SipParseError(f"missing {canonical_name(key)}")
+    return value
+
+
 def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
     """Checks shared by requests and responses; returns the message's view cache and its
     Contact field lines. The parsed views go into the message's cache, so that ``msg.vias``,
@@ -318,27 +330,15 @@ def _validate_common(msg: Message) -> tuple[dict[str, Any], list[str]]:
         raise SipParseError("missing Via")
     # RFC 4475 §3.3.1: From, To, Call-ID and CSeq are required.
     if "from" not in cache:
-        value = first.get("from")
-        if value is None:
-            raise SipParseError("missing From")
-        na = check_name_addr(value)
+        na = check_name_addr(_required(first, "from"))
         if na is not None:
             cache["from"] = na
     if "to" not in cache:
-        value = first.get("to")
-        if value is None:
-            raise SipParseError("missing To")
-        cache["to"] = parse_name_addr(value)
+        cache["to"] = parse_name_addr(_required(first, "to"))
     if "call-id" not in cache:
-        value = first.get("call-id")
-        if value is None:
-            raise SipParseError("missing Call-ID")
-        cache["call-id"] = check_call_id(value)
+        cache["call-id"] = check_call_id(_required(first, "call-id"))
     if "cseq" not in cache:
-        value = first.get("cseq")
-        if value is None:
-            raise SipParseError("missing CSeq")
-        cache["cseq"] = parse_cseq(value)
+        cache["cseq"] = parse_cseq(_required(first, "cseq"))
     # Max-Forwards 0..255 (RFC 3261 §20.22), Expires < 2**32 (RFC 4475 §3.1.2.4).
     if "max-forwards" not in cache:
         value = first.get("max-forwards")

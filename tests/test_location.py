@@ -643,11 +643,11 @@ def test_writes_happen_only_on_the_writer_thread(
     s.close()
 
 
-def test_put_does_not_wait_for_a_slow_writer(db: Path, clock: FakeClock) -> None:
-    s = LocationService(db, clock=clock, flush_interval=0.05)
-    s.open()
-    release = threading.Event()
+def hold_writes(s: LocationService) -> tuple[threading.Event, threading.Event]:
+    """Make the writer thread of ``s`` stop inside its next write: returns ``(writing,
+    release)``; ``writing`` is set once it is in there, setting ``release`` lets it go on."""
     writing = threading.Event()
+    release = threading.Event()
     real_write = s._write
 
     def slow_write(batch: dict[tuple[str, str], Binding | int]) -> None:
@@ -656,6 +656,13 @@ def test_put_does_not_wait_for_a_slow_writer(db: Path, clock: FakeClock) -> None
         real_write(batch)
 
     s._write = slow_write
+    return writing, release
+
+
+def test_put_does_not_wait_for_a_slow_writer(db: Path, clock: FakeClock) -> None:
+    s = LocationService(db, clock=clock, flush_interval=0.05)
+    s.open()
+    writing, release = hold_writes(s)
     s.put(binding(contact="sip:a@first"))
     assert writing.wait(10)  # the writer is now stuck inside a write...
     for i in range(1000):  # ...and puts still complete, they only enqueue
@@ -858,16 +865,7 @@ def test_re_add_while_the_removal_is_being_written_leaves_one_row(
     s.open()
     s.put(binding(cseq=1))
     s.flush()
-    release = threading.Event()
-    writing = threading.Event()
-    real_write = s._write
-
-    def slow_write(batch: dict[tuple[str, str], Binding | int]) -> None:
-        writing.set()
-        assert release.wait(30)
-        real_write(batch)
-
-    s._write = slow_write
+    writing, release = hold_writes(s)
     try:
         s.remove(ALICE, binding().key)
         assert writing.wait(10)  # the delete is in flight...
