@@ -239,7 +239,8 @@ class RegEventService:
         self._by_aor: dict[str, _Watched] = {}
         self._busy: set[Subscription] = set()
         self.stats = {"subscribed": 0, "notified": 0, "notify_failed": 0, "terminated": 0}
-        location.add_listener(self._on_change)
+        # Only the changes of watched AORs reach _on_change (the location store checks).
+        location.add_listener(self._on_change, self._by_aor)
 
     def __len__(self) -> int:
         """Number of live subscriptions (ended ones still sending their last NOTIFY excluded)."""

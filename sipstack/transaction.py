@@ -866,6 +866,9 @@ class TransactionLayer:
 
     Attributes:
         overload_rejections: how many requests got the overload 503.
+        server_table: the live server transactions by matching key; read it, never change it
+            (the endpoint's compiled fast path tests it for emptiness, see
+            :meth:`answers_at_once`). client_table: the same for client transactions.
     """
 
     def __init__(
@@ -879,8 +882,8 @@ class TransactionLayer:
         self.max_transactions = max_transactions
         self.overload_retry_after = overload_retry_after
         self.overload_rejections = 0
-        self._server: dict[Hashable, ServerTransaction] = {}
-        self._client: dict[Hashable, ClientTransaction] = {}
+        self.server_table: dict[Hashable, ServerTransaction] = {}
+        self.client_table: dict[Hashable, ClientTransaction] = {}
         self._ack2543: dict[Hashable, ServerTransaction] = {}
         self._heap: list[tuple[float, int, Transaction]] = []
         self._seq = itertools.count()
@@ -893,31 +896,31 @@ class TransactionLayer:
 
     def __len__(self) -> int:
         """The number of live (not yet terminated) transactions, client and server."""
-        return len(self._server) + len(self._client)
+        return len(self.server_table) + len(self.client_table)
 
     @property
     def server_transactions(self) -> list[ServerTransaction]:
         """A snapshot of the live server transactions."""
-        return list(self._server.values())
+        return list(self.server_table.values())
 
     @property
     def client_transactions(self) -> list[ClientTransaction]:
         """A snapshot of the live client transactions."""
-        return list(self._client.values())
+        return list(self.client_table.values())
 
     # ------------------------------------------------------------------ bookkeeping
     def _after(self, txn: Transaction) -> None:
         """Re-queue ``txn``'s deadline, or drop it from the tables once terminated."""
         if txn.state is S.TERMINATED:
             if isinstance(txn, ServerTransaction):
-                if self._server.get(txn.key) is txn:
-                    del self._server[txn.key]
+                if self.server_table.get(txn.key) is txn:
+                    del self.server_table[txn.key]
                 if txn.is_invite and txn.rfc2543:
                     ack_key = _ack_key_2543(txn.request)
                     if self._ack2543.get(ack_key) is txn:
                         del self._ack2543[ack_key]
-            elif self._client.get(txn.key) is txn:
-                del self._client[txn.key]
+            elif self.client_table.get(txn.key) is txn:
+                del self.client_table[txn.key]
             txn._queued = None
             return
         deadline = txn.next_deadline()
@@ -938,7 +941,7 @@ class TransactionLayer:
 
     def _compact(self) -> None:
         heap: list[tuple[float, int, Transaction]] = []
-        for txn in itertools.chain(self._server.values(), self._client.values()):
+        for txn in itertools.chain(self.server_table.values(), self.client_table.values()):
             deadline = txn.next_deadline()
             txn._queued = deadline
             if deadline is not None:
@@ -948,7 +951,7 @@ class TransactionLayer:
 
     def _is_live(self, txn: Transaction) -> bool:
         table: dict[Hashable, Any] = (
-            self._server if isinstance(txn, ServerTransaction) else self._client
+            self.server_table if isinstance(txn, ServerTransaction) else self.client_table
         )
         return table.get(txn.key) is txn
 
@@ -973,8 +976,8 @@ class TransactionLayer:
         method = request.method
         if method == "INVITE" or method == "ACK" or method == "CANCEL":
             return False
-        server = self._server
-        if self.max_transactions is not None and len(server) + len(self._client) >= (
+        server = self.server_table
+        if self.max_transactions is not None and len(server) + len(self.client_table) >= (
             self.max_transactions
         ):
             return False
@@ -1028,7 +1031,7 @@ class TransactionLayer:
                 host if port is None else f"{host}:{port}",
                 "INVITE" if is_ack else method,
             )
-            txn = self._server.get(key)
+            txn = self.server_table.get(key)
         elif is_ack:
             txn = self._ack2543.get(_ack_key_2543(request))
             if txn is not None:
@@ -1037,15 +1040,15 @@ class TransactionLayer:
                     txn = None
         else:
             key = _key_2543(request, method)
-            txn = self._server.get(key)
+            txn = self.server_table.get(key)
         if txn is not None:
             events = txn.receive_request(request, now)
             self._after(txn)
             return events
         if is_ack:
             return [AckReceived(request, source)]
-        server = self._server
-        if self.max_transactions is not None and len(server) + len(self._client) >= (
+        server = self.server_table
+        if self.max_transactions is not None and len(server) + len(self.client_table) >= (
             self.max_transactions
         ):
             self.overload_rejections += 1
@@ -1077,7 +1080,7 @@ class TransactionLayer:
         Raises:
             SipParseError: the CANCEL lacks a header the matching needs.
         """
-        txn = self._server.get(_server_key(cancel, "INVITE"))
+        txn = self.server_table.get(_server_key(cancel, "INVITE"))
         return txn if txn is not None and txn.is_invite else None
 
     def send_response(
@@ -1095,9 +1098,9 @@ class TransactionLayer:
             ValueError: a status outside 100..699.
         """
         if isinstance(transaction, ServerTransaction):
-            txn = transaction if self._server.get(transaction.key) is transaction else None
+            txn = transaction if self.server_table.get(transaction.key) is transaction else None
         else:
-            txn = self._server.get(transaction)
+            txn = self.server_table.get(transaction)
         if txn is None:
             raise TransactionStateError("no such live server transaction")
         events = txn.send_response(response, now)
@@ -1133,9 +1136,9 @@ class TransactionLayer:
         if not has_magic_cookie(request.top_via.branch):
             raise ValueError("the top Via needs a branch from new_branch() (RFC 3261 §8.1.1.7)")
         txn = ClientTransaction(request, dest, reliable, self.config)
-        if txn.key in self._client:
+        if txn.key in self.client_table:
             raise ValueError(f"a client transaction {txn.key!r} already exists")
-        self._client[txn.key] = txn
+        self.client_table[txn.key] = txn
         events = txn.start(now)
         self._after(txn)
         return txn, events
@@ -1152,7 +1155,7 @@ class TransactionLayer:
             SipParseError: no top Via or no/malformed CSeq (the caller drops the response).
         """
         key = (response.top_via.branch or "", response.cseq.method)
-        txn = self._client.get(key)
+        txn = self.client_table.get(key)
         if txn is None:
             return [StrayResponse(response, source)]
         events = txn.receive_response(response, now)
@@ -1199,7 +1202,7 @@ class TransactionLayer:
         else:
             found: Transaction | None = None
             try:
-                found = self._client.get(key_or_dest) or self._server.get(key_or_dest)
+                found = self.client_table.get(key_or_dest) or self.server_table.get(key_or_dest)
             except TypeError:  # unhashable destination
                 found = None
             if found is not None:
@@ -1207,7 +1210,7 @@ class TransactionLayer:
             else:
                 targets = [
                     t
-                    for t in itertools.chain(self._client.values(), self._server.values())
+                    for t in itertools.chain(self.client_table.values(), self.server_table.values())
                     if t.dest == key_or_dest
                 ]
         events: list[Event] = []

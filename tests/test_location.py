@@ -576,6 +576,32 @@ def test_persistence_round_trip(db: Path, clock: FakeClock) -> None:
         r.close()
 
 
+def test_absent_values_are_null_and_look_alikes_survive(db: Path, clock: FakeClock) -> None:
+    # The writer binds no None (see location._ROW): absent values must still be NULL in the
+    # file, and values equal to the stand-ins it binds ("", "0", 0.0) must come back as such.
+    absent = full_binding(2, q=None, instance_id=None, reg_id=None, source=None, user_agent=None)
+    alike = full_binding(
+        4, q=0.0, instance_id="0", reg_id=None, source="", user_agent="0", path=()
+    )
+    empty = full_binding(6, q=1.0, instance_id="", reg_id=1, source="0", user_agent="")
+    with LocationService(db, clock=clock, flush_interval=0.05) as s:
+        for b in (absent, alike, empty):
+            s.put(b)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        types = conn.execute(
+            "SELECT typeof(q), typeof(instance_id), typeof(reg_id), typeof(source),"
+            " typeof(path), typeof(user_agent) FROM bindings WHERE aor = ?",
+            (absent.aor,),
+        ).fetchone()
+    assert types == ("null",) * 6
+    r = reopen(db, clock)
+    try:
+        for b in (absent, alike, empty):
+            assert r.lookup(b.aor) == [dataclasses.replace(b, flow_id=None)]
+    finally:
+        r.close()
+
+
 def test_open_restores_only_unexpired_and_deletes_expired_rows(db: Path, clock: FakeClock) -> None:
     with LocationService(db, clock=clock, flush_interval=0.05) as s:
         s.put(binding(contact="sip:a@short", expires=10))

@@ -82,6 +82,17 @@ class EndpointConfig:
     warning_agent: str = "registrar"
 
 
+def _at_once_when_idle(transactions: TransactionLayer, method: str) -> bool:
+    """The common case of :meth:`TransactionLayer.answers_at_once`, decided here in compiled
+    code (the layer's method runs interpreted): a method other than INVITE, ACK and CANCEL
+    while no server transaction is live, under the layer's cap. ``False`` means "ask the
+    layer", not "no" (RFC 3261 §17.2.2; the rules and their tests are the layer's)."""
+    if method == "INVITE" or method == "ACK" or method == "CANCEL" or transactions.server_table:
+        return False
+    cap = transactions.max_transactions
+    return cap is None or len(transactions.client_table) < cap
+
+
 class SipEndpoint:
     """Listens on TLS/TCP/UDP sockets and connects the transports to a :class:`RequestHandler`.
 
@@ -238,7 +249,9 @@ class SipEndpoint:
         self._stamp_via(req, flow)
         reliable = flow.transport != "udp"
         transactions = self.transactions
-        if reliable and transactions.answers_at_once(req):
+        if reliable and (
+            _at_once_when_idle(transactions, req.method) or transactions.answers_at_once(req)
+        ):
             # RFC 3261 §17.2.2: Timer J is zero on a reliable transport, so the server
             # transaction of a non-INVITE request answered at once would end in the same
             # call; skip creating it (see TransactionLayer.answers_at_once).
