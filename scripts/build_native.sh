@@ -39,7 +39,8 @@ fi
 
 stamp_file=build/native.stamp
 want=$(cat "${MODULES[@]}" | cksum | cut -d' ' -f1-2)
-want="$want $("$VENV/bin/python" -c 'import sys, mypy.version; print(sys.version.split()[0], mypy.version.__version__)')"
+want="$want $("$VENV/bin/python" -c 'import sys, mypy.version
+print(sys.version.split()[0], sys._base_executable, mypy.version.__version__)')"
 built=1
 for m in "${MODULES[@]}"; do
     compgen -G "${m%.py}.cpython-*.so" >/dev/null || built=0

@@ -8,7 +8,9 @@
 #    baresip (baresip-core), docker-compose (validates docker-compose.yml; no engine needed).
 #
 # Works from any directory, as root or via sudo. Environment:
-#   PYTHON=python3            interpreter used to create the venv
+#   PYTHON=...                interpreter used to create the venv (default: the distribution's
+#                             /usr/bin/python3 when it is 3.11 or newer, else python3 on PATH;
+#                             a .venv made from another interpreter is recreated)
 #   REGISTRAR_SKIP_APT=1      never touch Debian packages (only warn about missing commands)
 #   REGISTRAR_FORCE_PIP=1     reinstall the Python packages even if the stamp is current
 set -euo pipefail
@@ -17,7 +19,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/.setup-stamp"
-PYTHON=${PYTHON:-python3}
+# The default interpreter is the distribution's: Debian builds /usr/bin/python3 with
+# profile-guided and link-time optimisation and links libpython into it statically. The
+# python3 first on PATH of our machines (pyenv) is a plain --enable-shared build, on which an
+# FE spent about a fifth more CPU per REGISTER (docs/native.md, "Interpreter").
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3
+    if [ -x /usr/bin/python3 ] \
+        && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        PYTHON=/usr/bin/python3
+    fi
+fi
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -91,8 +103,17 @@ if [ -L "$VENV/bin/python" ] && [ ! -e "$VENV/bin/python" ]; then
 elif [ -e "$VENV/bin/python" ] && ! "$VENV/bin/python" -c '' >/dev/null 2>&1; then
     die "$VENV/bin/python does not run; fix or remove .venv and rerun"
 fi
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python >= 3.11"
+real_exe='import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))'
+want_base=$("$PYTHON" -c "$real_exe")
+if [ -x "$VENV/bin/python" ]; then
+    have_base=$("$VENV/bin/python" -c "$real_exe")
+    if [ "$want_base" != "$have_base" ]; then
+        say "recreating .venv with $want_base (it was made from $have_base)"
+        rm -rf "$VENV"
+    fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python >= 3.11"
     say "creating .venv with $("$PYTHON" -V 2>&1)"
     if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
         # Debian ships ensurepip separately (python3-venv / python3.X-venv).
@@ -101,6 +122,18 @@ if [ ! -x "$VENV/bin/python" ]; then
         pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
         apt_install python3-venv "python${pyver}-venv"
         "$PYTHON" -m venv "$VENV"
+    fi
+fi
+
+# mypyc (scripts/build_native.sh) compiles against the interpreter's headers.
+if ! "$VENV/bin/python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    pyver=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    # (Debian's headers package, for Debian's interpreter only)
+    if [ "${REGISTRAR_SKIP_APT:-0}" != 1 ] && can_apt && [[ "$want_base" == /usr/bin/* ]]; then
+        apt_install "python${pyver}-dev"
+    else
+        say "warning: no Python.h for $("$VENV/bin/python" -V 2>&1): the hot path will run as pure Python"
     fi
 fi
 

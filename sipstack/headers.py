@@ -109,15 +109,19 @@ _TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 _TOKEN_RE = re.compile(rf"[{_TOKEN_CHARS}]+\Z")
 # A quoted-string (RFC 3261 §25.1), unrolled and possessive so that the regex engine neither
 # loops per alternative nor backtracks.
-_QUOTED = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+# A repeated *group* is made possessive as an atomic group, (?>(?:...)*), never (?:...)*+:
+# Python documents the two as equal, but 3.11.0 to 3.11.4 (Debian 12's 3.11.2 among them)
+# match a possessive group repeat wrongly (CPython gh-106052, gh-100061: ";" passed as a
+# parameter list). Possessive single-character repeats ([...]*+) are not affected.
+_QUOTED = r'"[^"\\]*+(?>(?:\\.[^"\\]*+)*)"'
 # gen-value = token / host / quoted-string (RFC 3261 §25.1).
 _VALUE_CHARS = rf"{_TOKEN_CHARS}\[\]:"
 _VALUE_RE = re.compile(rf"[{_VALUE_CHARS}]+\Z")
 # *( SEMI generic-param ) with the LWS around ';' and '=', as one group; the pattern checks the
 # syntax, _findall_params then takes (name, value) pairs out of a text it has accepted.
 _PARAMS = (
-    rf"((?:[ \t]*+;[ \t]*+[{_TOKEN_CHARS}]++[ \t]*+"
-    rf"(?:=[ \t]*+(?:[{_VALUE_CHARS}]++|{_QUOTED}))?)*+)[ \t]*+"
+    rf"((?>(?:[ \t]*+;[ \t]*+[{_TOKEN_CHARS}]++[ \t]*+"
+    rf"(?:=[ \t]*+(?:[{_VALUE_CHARS}]++|{_QUOTED}))?)*))[ \t]*+"
 )
 _PARAMS_RE = re.compile(rf"{_PARAMS}\Z", re.DOTALL)
 # The same with group 1 = the whole item, for texts not checked yet: the items cover the text
@@ -135,7 +139,7 @@ _findall_params = re.compile(
 # not starting or ending with '-'); the same language as sipstack.uri's hostname check.
 _HOSTNAME = r"[A-Za-z0-9][A-Za-z0-9\-.]*+(?<!-)(?<!-\.)(?<!\.\.)"
 # One element of a comma-separated list: commas inside quotes or <...> do not count.
-_LIST_ELEMENT_RE = re.compile(rf'(?:[^,"<]++|{_QUOTED}|<[^>]*+>)*+', re.DOTALL)
+_LIST_ELEMENT_RE = re.compile(rf'(?>(?:[^,"<]++|{_QUOTED}|<[^>]*+>)*)', re.DOTALL)
 _QUOTED_RE = re.compile(rf"{_QUOTED}", re.DOTALL)
 _UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _SCHEME_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:")
@@ -588,7 +592,7 @@ def _parse_quoted(text: str, start: int) -> tuple[str, int]:
 # The common name-addr: a quoted display name without escapes or a token display name, then
 # <common SIP URI>, then header parameters ("tag" first or absent).
 _NAME_ADDR_FAST_RE = re.compile(
-    rf'(?:"([^"\\]*+)"[ \t]*+|([{_TOKEN_CHARS}]++(?:[ \t]++[{_TOKEN_CHARS}]++)*+)[ \t]*+)?'
+    rf'(?:"([^"\\]*+)"[ \t]*+|([{_TOKEN_CHARS}]++(?>(?:[ \t]++[{_TOKEN_CHARS}]++)*))[ \t]*+)?'
     rf"<{FAST_SIP_PATTERN}>(?:;tag=([{_TOKEN_CHARS}]++))?(.*)\Z",
     re.DOTALL,
 )

@@ -49,13 +49,14 @@ _TEL_NUMBER_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.
 # scheme, user, host, port, ";params" (see _fast_sip_uri). Also used inside <...> by
 # sipstack.headers.parse_name_addr.
 # Possessive quantifiers: the engine never backtracks (no character of a group can start the
-# next one), which keeps a match linear and cheap. The host is _HOSTNAME_RE's language.
+# next one), which keeps a match linear and cheap. The host is _HOSTNAME_RE's language. The
+# repeated parameter group is atomic, (?>(?:...)*), not (?:...)*+ (see sipstack.headers).
 FAST_SIP_PATTERN = (
     r"([Ss][Ii][Pp][Ss]?):"
     r"(?:([A-Za-z0-9\-_.!~*'()&=+$,]++)@)?"
     r"([A-Za-z0-9][A-Za-z0-9\-.]*+(?<!-)(?<!-\.)(?<!\.\.))"
     r"(?::([0-9]{1,5}+))?"
-    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++)?)*+)"
+    r"((?>(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++)?)*))"
 )
 _FAST_SIP_RE = re.compile(FAST_SIP_PATTERN + r"\Z")
 

@@ -456,3 +456,25 @@ def test_check_name_addr_agrees_with_parse() -> None:
     for bad in ("<sip:a@example.com:99999>;tag=1", "<sip:a@example.com", '"unterminated <sip:a@b>'):
         with pytest.raises(SipParseError):
             check_name_addr(bad)
+
+
+def test_no_possessive_group_repeats_in_the_sources() -> None:
+    # Python 3.11.0-3.11.4 (Debian 12's python3 is 3.11.2) match "(?:...)*+" wrongly
+    # (CPython gh-106052): our patterns write a possessive group repeat as "(?>(?:...)*)".
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sorted([*root.glob("sipstack/**/*.py"), *root.glob("registrar/**/*.py")])
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if not line.lstrip().startswith("#") and re.search(r"\)(?:[*+?]|\{[0-9,]*\})\+", line)
+    ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("text", [";", ";;", ";a=", "; a b", ';a="x'])
+def test_parameter_lists_that_a_faulty_possessive_repeat_would_pass(text: str) -> None:
+    with pytest.raises(SipParseError):
+        parse_params(text)
