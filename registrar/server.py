@@ -12,9 +12,11 @@ import contextlib
 import gc
 import logging
 import os
+import platform
 import resource
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -494,7 +496,13 @@ async def run_frontend(
     await fe.start()
     tune_gc()
     summary, problem = native_summary()
-    (log.warning if problem else log.info)("%s", summary)
+    # The interpreter matters as much (docs/native.md, "Interpreter"): say which one runs.
+    (log.warning if problem else log.info)(
+        "%s; Python %s (%s)",
+        summary,
+        platform.python_version(),
+        getattr(sys, "_base_executable", sys.executable),
+    )
     stop = fe.stop_requested
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
