@@ -160,7 +160,6 @@ _COLUMNS = (
 _ROW = (
     "(?,?,?,?,?,?,?,NULLIF(?,''),NULLIF(?,0),NULLIF(?,''),NULLIF(?,0),NULLIF(?,0),NULLIF(?,0),?,?)"
 )
-_INSERT = f"INSERT OR REPLACE INTO bindings (id, {_COLUMNS}) VALUES {_ROW}"
 _DELETE = "DELETE FROM bindings WHERE id = ?"
 _ROWS_PER_STATEMENT = 64
 """The writer puts up to this many rows in one statement (64 x 15 parameters stays under the
@@ -173,6 +172,7 @@ _INSERTS: dict[int, str] = {
     + ",".join([_ROW] * n)
     for n in _CHUNKS
 }
+_INSERT = _INSERTS[1]
 _DELETES: dict[int, str] = {
     n: "DELETE FROM bindings WHERE id IN (" + ",".join(["?"] * n) + ")" for n in _CHUNKS
 }
