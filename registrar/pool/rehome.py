@@ -174,6 +174,7 @@ class Rehomer:
         if not batch:
             return
         self._last_batch_mono = time.monotonic()
+        started = time.time()  # the wall-clock twin of the pacing reference, for the event
         flows: set[int] = set()
         bindings = 0
         targets: dict[str, int] = {}
@@ -187,7 +188,7 @@ class Rehomer:
             targets[target] = targets.get(target, 0) + 1
         progress = self.progress
         progress.batches += 1
-        progress.last_batch = time.time()
+        progress.last_batch = started
         progress.aors += len(batch)
         progress.bindings += bindings
         for target, count in targets.items():
@@ -195,6 +196,7 @@ class Rehomer:
         emit(
             EventId.REHOME_BATCH,
             batch=progress.batches,
+            started=f"{started:.3f}",
             aors=len(batch),
             bindings=bindings,
             target=",".join(f"{t}:{n}" for t, n in sorted(targets.items())),
