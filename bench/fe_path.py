@@ -8,11 +8,18 @@ write``, driven exactly as asyncio drives it: a real :class:`registrar.server.Fr
 location store's SQLite write-behind thread), a :class:`StreamConnection` or
 :class:`DatagramEndpoint` given a fake asyncio transport that only counts the bytes written.
 
-The requests are those of ``tests/sipp/options.xml`` and ``register_noauth.xml`` as sipp 3.6
-sends them (same headers, same spelling, ``transport=TCP`` in upper case ...), each one
-distinct (fresh branch and Call-ID; REGISTER: a new AOR ``sip:user<run>x<N>@example.com``),
-so no parsed view or binding is reused, and the transaction table grows as it does under
-sipp (UDP: 32 s of server transactions).
+The requests are those of ``tests/sipp/options.xml``, ``register_noauth.xml`` and
+``bench_register_auth.xml`` as sipp 3.6 sends them (same headers, same spelling,
+``transport=TCP`` in upper case ...), each one distinct (fresh branch and Call-ID; REGISTER: a
+new AOR ``sip:user<run>x<N>@example.com``), so no parsed view or binding is reused, and the
+transaction table grows as it does under sipp (UDP: 32 s of server transactions).
+
+``auth`` is ``bench/register.py``'s digest scenario: per AOR a REGISTER without credentials
+(answered 401 with an MD5 challenge, ``--digest-algorithms MD5``) and one with sipp's
+``Authorization`` (MD5, ``qop=auth``, ``nc=00000001``) answered 200; figures are per
+REGISTER, as there. The users are imported into a user directory before the FE starts; the
+second REGISTER's nonce is made with the FE's own nonce secret when the requests are built,
+outside the measured run (the client's digest is not the server's cost).
 
 Figures, in µs per request, over ``--repeat`` runs of ``--number`` requests each:
 
@@ -29,7 +36,7 @@ Figures, in µs per request, over ``--repeat`` runs of ``--number`` requests eac
 
 Command line::
 
-    python bench/fe_path.py [register|options|all] [--transport tcp,udp] [--number 20000]
+    python bench/fe_path.py [register|auth|options|all] [--transport tcp,udp] [--number 20000]
                             [--repeat 5] [--warmup N] [--rate R] [--batch 1] [--profile]
                             [--no-persist] [--default-gc] [--json]
 
@@ -67,6 +74,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from registrar import server
 from registrar.register import RegistrarSettings
 from registrar.server import FrontEnd, FrontEndConfig
+from registrar.users import UserStore
+from sipstack.auth import compute_ha1, compute_response
 from sipstack.transport.datagram import DatagramEndpoint
 from sipstack.transport.stream import StreamConnection
 
@@ -101,7 +110,12 @@ _OPTIONS = (  # as tests/sipp/options.xml sends it (sipp 3.6)
     "Content-Length: 0\r\n"
     "\r\n"
 )
+_REGISTER_AUTH = _REGISTER.replace("CSeq: 1 REGISTER", "CSeq: 2 REGISTER").replace(
+    "Expires: 3600\r\n", "{auth}Expires: 3600\r\n"
+)
 TEMPLATES = {"register": _REGISTER, "options": _OPTIONS}
+REALM = "example.com"
+PASSWORD = "bench-password"
 
 
 class GcTimer:
@@ -155,19 +169,66 @@ class FakeDatagramTransport(FakeStreamTransport):
         self.write(data)
 
 
-def make_requests(mode: str, transport: str, run: int, number: int) -> list[bytes]:
-    template = TEMPLATES[mode]
+def make_requests(
+    mode: str, transport: str, run: int, number: int, fe: FrontEnd | None = None
+) -> list[bytes]:
+    """``number`` requests of ``mode`` for ``transport``; ``auth``: ``number // 2`` AORs,
+    each a REGISTER without and one with credentials (a nonce from ``fe``'s verifier)."""
     t = transport
-    return [template.format(T=t.upper(), t=t, run=run, n=n).encode() for n in range(number)]
+    if mode != "auth":
+        template = TEMPLATES[mode]
+        return [template.format(T=t.upper(), t=t, run=run, n=n).encode() for n in range(number)]
+    assert fe is not None and fe.register is not None
+    nonces = fe.register._verifiers[REALM].nonces
+    requests = []
+    for n in range(number // 2):
+        user = f"user{run}x{n}"
+        ha1 = compute_ha1(user, REALM, PASSWORD, "MD5")
+        nonce = nonces.make(time.time(), REALM)
+        cnonce = f"{n:08x}"
+        response = compute_response(
+            ha1, "REGISTER", "sip:example.com", nonce, "00000001", cnonce, "auth", "MD5"
+        )
+        auth = (  # as sipp 3.6 writes it
+            f'Authorization: Digest username="{user}",realm="{REALM}",cnonce="{cnonce}",'
+            f'nc=00000001,qop=auth,uri="sip:example.com",nonce="{nonce}",'
+            f'response="{response}",algorithm=MD5\r\n'
+        )
+        fields = {"T": t.upper(), "t": t, "run": run, "n": n}
+        requests.append(_REGISTER.format(**fields).encode())
+        requests.append(_REGISTER_AUTH.format(auth=auth, **fields).encode())
+    return requests
 
 
-async def _start(persist: bool, state: Path, tune_gc: bool = True) -> FrontEnd:
+def write_users(path: Path, runs: int, number: int) -> int:
+    """Import the AORs of ``auth`` runs ``0 .. runs - 1`` (``number // 2`` each) into a new
+    user directory at ``path``; returns the count."""
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", newline="", delete=False) as f:
+        f.write("aor,password\n")
+        for run in range(runs):
+            for n in range(number // 2):
+                f.write(f"sip:user{run}x{n}@{REALM},{PASSWORD}\n")
+    try:
+        with UserStore(path) as store:
+            return store.import_csv(f.name)
+    finally:
+        Path(f.name).unlink()
+
+
+async def _start(
+    persist: bool, state: Path, tune_gc: bool = True, users_db: Path | None = None
+) -> FrontEnd:
+    if users_db is not None:
+        settings = RegistrarSettings(auth="digest", digest_algorithms=("MD5",))
+    else:
+        settings = RegistrarSettings(auth="off")
     config = FrontEndConfig(
         listen=[],
         fqdn="fe.example.com",
         domains=["example.com"],
         state_dir=state if persist else None,
-        registrar=RegistrarSettings(auth="off"),
+        users_db=users_db,
+        registrar=settings,
     )
     fe = FrontEnd(config)
     fe.policy.local_hosts.add("127.0.0.1")
@@ -187,7 +248,7 @@ async def _one_run(
     profile: cProfile.Profile | None = None,
     pace_s: float = 0.0,
 ) -> dict[str, float]:
-    requests = make_requests(mode, transport, run, number)
+    requests = make_requests(mode, transport, run, number, fe)
     endpoint = fe.endpoint
     if transport == "udp":
         fake = FakeDatagramTransport()
@@ -240,13 +301,21 @@ async def _one_run(
 
 async def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
-    modes = ["options", "register"] if args.mode == "all" else [args.mode]
+    modes = ["options", "register", "auth"] if args.mode == "all" else [args.mode]
     run = 0
     for mode in modes:
         for transport in args.transport.split(","):
             # A fresh FE per (mode, transport), as bench/cpu.py starts a fresh server.
             with tempfile.TemporaryDirectory(prefix="fe_path-") as tmp:
-                fe = await _start(not args.no_persist, Path(tmp) / "state", not args.default_gc)
+                users_db = None
+                if mode == "auth":  # every run's AORs (warm-up, measured runs, profile)
+                    users_db = Path(tmp) / "users.sqlite"
+                    await asyncio.to_thread(
+                        write_users, users_db, run + args.repeat + 2, args.number
+                    )
+                fe = await _start(
+                    not args.no_persist, Path(tmp) / "state", not args.default_gc, users_db
+                )
                 try:
                     runs = []
                     # warm-up (imports, caches)
@@ -296,7 +365,9 @@ async def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", default="all", choices=["all", "options", "register"])
+    parser.add_argument(
+        "mode", nargs="?", default="all", choices=["all", "options", "register", "auth"]
+    )
     parser.add_argument("--transport", default="tcp,udp")
     parser.add_argument("--number", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5)

@@ -14,7 +14,7 @@ say() { printf 'native: %s\n' "$*"; }
 
 # Keep in step with sipstack/native.py NATIVE_MODULES.
 MODULES=(
-    sipstack/uri.py sipstack/headers.py sipstack/message.py sipstack/parser.py
+    sipstack/uri.py sipstack/headers.py sipstack/message.py sipstack/parser.py sipstack/auth.py
     sipstack/framing.py sipstack/transport/flows.py
     sipstack/transport/stream.py sipstack/transport/endpoint.py
     registrar/checks.py registrar/register.py registrar/location.py registrar/dispatch.py

@@ -177,8 +177,47 @@ def _skip_ws(s: str, pos: int) -> int:
     return pos
 
 
+# One auth-param and its separator, when its value is a token or a quoted-string without
+# quoted-pairs (what clients send): the fast path of _parse_params. The separator is the end
+# of the text, or a comma that another parameter follows.
+_PARAM_FAST_RE = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
+    r'(?:"([\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]*)"|([A-Za-z0-9\-.!%*_+`\'~]+))'
+    r"[ \t]*(?:,[ \t]*(?=[^ \t])|\Z)"
+)
+
+
 def _parse_params(s: str) -> list[tuple[str, str]]:
-    """Parse ``auth-param *(COMMA auth-param)`` covering all of ``s`` (no surrounding LWS)."""
+    """Parse ``auth-param *(COMMA auth-param)`` covering all of ``s`` (no surrounding LWS):
+    ``[(lowercase name, unquoted value), ...]`` in order.
+
+    One regular-expression match per parameter; anything else (quoted-pairs, a grammar error,
+    a repeated name) is left to :func:`_parse_params_slow`, which gives the same result for
+    what the fast path accepts, and the precise error for the rest.
+
+    Raises:
+        SipParseError: grammar error or repeated parameter (RFC 3261 §25.1).
+    """
+    out: list[tuple[str, str]] = []
+    pos = 0
+    n = len(s)
+    match = _PARAM_FAST_RE.match
+    while pos < n:
+        m = match(s, pos)
+        if m is None:
+            return _parse_params_slow(s)
+        name, quoted, token = m.groups()
+        out.append((name.lower(), quoted if token is None else token))
+        pos = m.end()
+    if not out or len({name for name, _ in out}) != len(out):
+        return _parse_params_slow(s)
+    return out
+
+
+def _parse_params_slow(s: str) -> list[tuple[str, str]]:
+    """Parse ``auth-param *(COMMA auth-param)`` covering all of ``s`` (no surrounding LWS),
+    one grammar element at a time: the reference for :func:`_parse_params` and the source of
+    its error messages."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     pos, n = 0, len(s)
@@ -432,11 +471,21 @@ def parse_credentials(value: str) -> Credentials:
             known[name] = v
         else:
             extra.append((name, v))
+    get = known.get
     return Credentials(
-        **{name: known.get(name) for name in _CREDENTIAL_NAMES},
-        scheme=scheme,
-        params=tuple(extra),
-        token68=token68,
+        get("username"),
+        get("realm"),
+        get("nonce"),
+        get("uri"),
+        get("response"),
+        get("algorithm"),
+        get("cnonce"),
+        get("opaque"),
+        get("qop"),
+        get("nc"),
+        scheme,
+        tuple(extra),
+        token68,
     )
 
 
@@ -469,7 +518,7 @@ class NonceStatus(enum.Enum):
 
 
 _NONCE_VERSION = 1
-_NONCE_STRUCT = struct.Struct(">Bq8s")  # version, issue time in ms, salt
+_NONCE_STRUCT = struct.Struct(">BqQ")  # version, issue time in ms, salt
 _NONCE_MAC_LEN = 16
 _NONCE_RAW_LEN = _NONCE_STRUCT.size + _NONCE_MAC_LEN  # 33 bytes -> 44 base64url chars
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{44}")
@@ -483,17 +532,23 @@ class NonceManager:
     source)`` truncated to 128 bits. No per-nonce state is kept; front ends sharing ``secret``
     (and a clock epoch) accept each other's nonces.
 
+    The salt makes every nonce of a manager unique (RFC 7616 §3.3): a 64-bit counter that
+    starts at a random value and steps by one per nonce. The MAC, not the salt, makes nonces
+    unforgeable, so the salt need not be unpredictable, and no nonce costs a ``getrandom``
+    system call (which releases the GIL, handing the CPU to any thread waiting for it).
+
     Args:
         secret: HMAC key, ``bytes`` of at least 16 bytes.
         lifetime: seconds a nonce stays VALID (default 300 s); later it is STALE.
         max_skew: seconds a nonce may lie in the future (clock skew between front ends).
-        random_bytes: salt source ``(n) -> bytes``; default :func:`os.urandom`.
+        random_bytes: ``(n) -> bytes``, called once with 8 for the salt counter's start;
+            default :func:`os.urandom`.
 
     Raises:
         ValueError: secret shorter than 16 bytes, or non-positive/non-finite lifetime.
     """
 
-    __slots__ = ("_random", "_secret", "lifetime", "max_skew")
+    __slots__ = ("_hmac", "_salt", "_secret", "_tails", "lifetime", "max_skew")
 
     def __init__(
         self,
@@ -510,14 +565,23 @@ class NonceManager:
         self._secret = bytes(secret)
         self.lifetime = float(lifetime)
         self.max_skew = float(max_skew)
-        self._random = random_bytes
+        self._salt = int.from_bytes(random_bytes(8)[:8].rjust(8, b"\0"), "big")
+        # The MAC's key and constant prefix, keyed once; each MAC works on a copy.
+        self._hmac = hmac.new(self._secret, b"sipstack-nonce", "sha256")
+        # (realm, source) -> the MAC message's tail (length-prefixed UTF-8 of both).
+        self._tails: dict[tuple[str, str], bytes] = {}
 
     def _mac(self, head: bytes, realm: str, source: str) -> bytes:
-        r, s = _b(realm), _b(source)
-        msg = b"".join(
-            (b"sipstack-nonce", head, len(r).to_bytes(4, "big"), r, len(s).to_bytes(4, "big"), s)
-        )
-        return hmac.new(self._secret, msg, hashlib.sha256).digest()[:_NONCE_MAC_LEN]
+        tail = self._tails.get((realm, source))
+        if tail is None:
+            r, s = _b(realm), _b(source)
+            tail = b"".join((len(r).to_bytes(4, "big"), r, len(s).to_bytes(4, "big"), s))
+            if len(self._tails) >= 1024:  # bounded: sources are per caller's choice
+                self._tails.clear()
+            self._tails[(realm, source)] = tail
+        mac = self._hmac.copy()
+        mac.update(head + tail)
+        return mac.digest()[:_NONCE_MAC_LEN]
 
     def make(self, now: float, realm: str, source: str = "") -> str:
         """Return a fresh nonce for ``realm`` issued at ``now`` (seconds).
@@ -530,7 +594,8 @@ class NonceManager:
         """
         if not (math.isfinite(now) and abs(now) < 1e15):
             raise ValueError("now must be a finite number of seconds below 1e15")
-        head = _NONCE_STRUCT.pack(_NONCE_VERSION, round(now * 1000), self._random(8))
+        salt = self._salt = (self._salt + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        head = _NONCE_STRUCT.pack(_NONCE_VERSION, round(now * 1000), salt)
         raw = head + self._mac(head, realm, source)
         return base64.urlsafe_b64encode(raw).decode("ascii")
 
@@ -561,16 +626,24 @@ class NonceManager:
             authentic but outside that window; INVALID if garbled or the MAC does not match.
             Never raises.
         """
+        return self.check_issued(nonce, now, realm, source)[0]
+
+    def check_issued(
+        self, nonce: str, now: float, realm: str, source: str = ""
+    ) -> tuple[NonceStatus, float]:
+        """:meth:`check` and the issue time (seconds) in one decoding: ``(status, issued)``;
+        ``issued`` is ``nan`` when the status is INVALID. Never raises."""
         raw = self._decode(nonce)
         if raw is None:
-            return NonceStatus.INVALID
+            return NonceStatus.INVALID, math.nan
         head = raw[: _NONCE_STRUCT.size]
         if not hmac.compare_digest(raw[_NONCE_STRUCT.size :], self._mac(head, realm, source)):
-            return NonceStatus.INVALID
-        age = now - _NONCE_STRUCT.unpack(head)[1] / 1000.0
+            return NonceStatus.INVALID, math.nan
+        issued = _NONCE_STRUCT.unpack(head)[1] / 1000.0
+        age = now - issued
         if age > self.lifetime or age < -self.max_skew or math.isnan(age):
-            return NonceStatus.STALE
-        return NonceStatus.VALID
+            return NonceStatus.STALE, issued
+        return NonceStatus.VALID, issued
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,7 +770,7 @@ class DigestVerifier:
         ValueError: an unsupported algorithm in ``algorithms``.
     """
 
-    __slots__ = ("_accepted", "_dummy", "allow_no_qop", "nonces", "realm", "tracker")
+    __slots__ = ("_accepted", "_dummy", "_templates", "allow_no_qop", "nonces", "realm", "tracker")
 
     def __init__(
         self,
@@ -715,6 +788,8 @@ class DigestVerifier:
         self.allow_no_qop = allow_no_qop
         seed = os.urandom(16)
         self._dummy = {base: _h(base, seed) for base in _HEX_LEN}
+        # (stale, order) -> the challenges as (text before the nonce, text after it)
+        self._templates: dict[tuple[bool, tuple[str, ...]], list[tuple[str, str | None]]] = {}
 
     def challenge(
         self, now: float, stale: bool = False, algorithm: str = "SHA-256", source: str = ""
@@ -748,8 +823,27 @@ class DigestVerifier:
         Send each as its own header field, in order. Clients that read only the first
         challenge (sipp 3.6, older phones) need MD5 first."""
         nonce = self.nonces.make(now, self.realm, source)
-        order = [a for a in order if a in self._accepted]
-        return [self._challenge(nonce, stale, a) for a in order]
+        key = (bool(stale), tuple(order))
+        templates = self._templates.get(key)
+        if templates is None:
+            templates = self._templates[key] = [
+                self._template(stale, a) for a in key[1] if a in self._accepted
+            ]
+        return [
+            before + nonce + after if after is not None else self._challenge(nonce, stale, before)
+            for before, after in templates
+        ]
+
+    def _template(self, stale: bool, algorithm: str) -> tuple[str, str | None]:
+        """The challenge for ``algorithm`` split where the nonce goes, ``(before, after)`` (a
+        nonce is base64url text, which a quoted-string holds as it is); ``(algorithm, None)``
+        when the place-holder is not unique (a realm holding it): format each time."""
+        mark = "N" * 44
+        text = self._challenge(mark, stale, algorithm)
+        if text.count(mark) != 1:
+            return algorithm, None
+        before, after = text.split(mark)
+        return before, after
 
     def verify(
         self,
@@ -780,44 +874,16 @@ class DigestVerifier:
         """
         c = credentials
         user = c.username
-
-        def fail(reason: str) -> AuthResult:
+        reason = self._malformed(c)
+        if reason:
             return AuthResult(AuthStatus.FAILED, user, reason)
-
-        if c.scheme.lower() != "digest":
-            return fail("unsupported auth scheme")
-        if user is None or c.realm is None or c.nonce is None or c.uri is None:
-            return fail("missing parameter")
-        if c.response is None:
-            return fail("missing parameter")
-        if c.realm != self.realm:
-            return fail("realm mismatch")
-        try:
-            base, sess = _split_algorithm(c.algorithm)
-        except ValueError:
-            return fail("unsupported algorithm")
-        if base not in self._accepted:
-            return fail("unsupported algorithm")
-        nc_value = 1
-        if c.qop is not None:
-            if c.qop.lower() != "auth":
-                return fail("unsupported qop")
-            if c.nc is None or c.cnonce is None:
-                return fail("missing parameter")
-            if not _NC_RE.fullmatch(c.nc):
-                return fail("malformed nc")
-            nc_value = int(c.nc, 16)
-            if nc_value == 0:
-                return fail("malformed nc")
-        elif not self.allow_no_qop or sess:
-            return fail("missing qop")
+        assert user is not None and c.nonce is not None and c.uri is not None
         response = c.response
-        if len(response) != _HEX_LEN[base] or not _HEX_RE.fullmatch(response):
-            return fail("malformed response")
-
-        nonce_status = self.nonces.check(c.nonce, now, self.realm, source)
+        assert response is not None
+        base, _ = _split_algorithm(c.algorithm)
+        nonce_status, issued = self.nonces.check_issued(c.nonce, now, self.realm, source)
         if nonce_status is NonceStatus.INVALID:
-            return fail("invalid nonce")
+            return AuthResult(AuthStatus.FAILED, user, "invalid nonce")
 
         ha1 = ha1_lookup(user, base)
         known = ha1 is not None
@@ -833,19 +899,49 @@ class DigestVerifier:
         )
         match = hmac.compare_digest(expected.encode(), response.lower().encode())
         if not (match and known):
-            return fail("invalid credentials")
+            return AuthResult(AuthStatus.FAILED, user, "invalid credentials")
         if nonce_status is NonceStatus.STALE:
             return AuthResult(AuthStatus.STALE, user, "stale nonce")
 
-        issued = self.nonces.issued_at(c.nonce)
-        count = self.tracker.record(c.nonce, nc_value, issued if issued is not None else now)
+        nc_value = int(c.nc, 16) if c.qop is not None and c.nc is not None else 1
+        count = self.tracker.record(c.nonce, nc_value, issued)
         if count is NonceCountStatus.FORGOTTEN:
             return AuthResult(AuthStatus.STALE, user, "nonce no longer tracked")
         if count is NonceCountStatus.REPLAY:
             if c.qop is None:
                 return AuthResult(AuthStatus.STALE, user, "RFC 2069 nonce reused")
-            return fail("replayed nonce-count")
+            return AuthResult(AuthStatus.FAILED, user, "replayed nonce-count")
         return AuthResult(AuthStatus.OK, user, "")
+
+    def _malformed(self, c: Credentials) -> str:
+        """Why ``c`` cannot be verified at all (the reason of a FAILED result), or ``""``."""
+        if c.scheme.lower() != "digest":
+            return "unsupported auth scheme"
+        if c.username is None or c.realm is None or c.nonce is None or c.uri is None:
+            return "missing parameter"
+        response = c.response
+        if response is None:
+            return "missing parameter"
+        if c.realm != self.realm:
+            return "realm mismatch"
+        try:
+            base, sess = _split_algorithm(c.algorithm)
+        except ValueError:
+            return "unsupported algorithm"
+        if base not in self._accepted:
+            return "unsupported algorithm"
+        if c.qop is not None:
+            if c.qop.lower() != "auth":
+                return "unsupported qop"
+            if c.nc is None or c.cnonce is None:
+                return "missing parameter"
+            if not _NC_RE.fullmatch(c.nc) or c.nc == "00000000":
+                return "malformed nc"
+        elif not self.allow_no_qop or sess:
+            return "missing qop"
+        if len(response) != _HEX_LEN[base] or not _HEX_RE.fullmatch(response):
+            return "malformed response"
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "sipstack.headers",
     "sipstack.message",
     "sipstack.parser",
+    "sipstack.auth",
     "sipstack.framing",
     "sipstack.transport.flows",
     "sipstack.transport.stream",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipstack import auth as auth_mod
 from sipstack.auth import (
     AuthStatus,
     Credentials,
@@ -178,6 +180,29 @@ def test_fuzz_parsers_grammar_alphabet(value: str) -> None:
     for parse in (parse_challenge, parse_credentials):
         with contextlib.suppress(SipParseError):
             parse(value)
+
+
+def _outcome(parse: Any, text: str) -> object:
+    try:
+        return parse(text)
+    except SipParseError as e:
+        return ("error", str(e))
+
+
+_param_alphabet = st.sampled_from(list('aB1=,"\\ \t\x7f\x80é-'))
+
+
+@settings(max_examples=600)
+@given(st.text(alphabet=_param_alphabet) | st.lists(
+    st.tuples(st.sampled_from(["a", "Qop", "nc", "a"]),
+              st.sampled_from(["=", " = ", "=\t"]),
+              st.sampled_from(["x", '""', '"a b"', '"q\\"x"', '"é"', "x y", '"']),
+              st.sampled_from([",", " , ", ",\t", ""])),
+    max_size=4).map(lambda ps: "".join("".join(p) for p in ps).strip(" \t")))
+def test_fast_parameter_parser_agrees_with_the_reference(text: str) -> None:
+    """The one-match-per-parameter fast path returns what the element-by-element reference
+    returns, and raises its errors."""
+    assert _outcome(auth_mod._parse_params, text) == _outcome(auth_mod._parse_params_slow, text)
 
 
 _value = st.text().filter(lambda s: "\r" not in s and "\n" not in s)
