@@ -114,7 +114,7 @@ class RegisterService:
         settings: :class:`RegistrarSettings`.
         location: the bindings store.
         users: the user directory (digest HA1s), read in memory.
-        nonce_secret: HMAC key for stateless nonces (keep it across restarts so outstanding
+        nonce_secret: MAC key for stateless nonces (keep it across restarts so outstanding
             nonces stay valid).
         clock: wall clock in seconds (``time.time``).
         server_header: the ``Server`` header value of responses.

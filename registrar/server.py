@@ -443,7 +443,7 @@ def _home_pool(users: UserDirectory, aor: str) -> str | None:
 
 
 def _nonce_secret(state_dir: Path | None) -> bytes:
-    """The digest nonce HMAC key, kept in ``state_dir/nonce.secret`` (0600) so nonces stay
+    """The digest nonce MAC key, kept in ``state_dir/nonce.secret`` (0600) so nonces stay
     valid across restarts; random per process without a state directory."""
     if state_dir is None:
         return os.urandom(32)

@@ -18,6 +18,7 @@ MODULES=(
     sipstack/framing.py sipstack/transport/flows.py
     sipstack/transport/stream.py sipstack/transport/endpoint.py
     registrar/checks.py registrar/register.py registrar/location.py registrar/dispatch.py
+    registrar/ratelimit.py
 )
 
 remove() {

@@ -20,7 +20,7 @@ Contents:
 
 from __future__ import annotations
 
-import base64
+import binascii
 import enum
 import hashlib
 import hmac
@@ -107,6 +107,10 @@ def compute_ha1(username: str, realm: str, password: str, algorithm: str = "SHA-
     return _h(base, _b(f"{username}:{realm}:{password}"))
 
 
+# (base algorithm, method, digest-uri) -> HA2: the same for every REGISTER to one domain
+_HA2_CACHE: dict[tuple[str, str, str], str] = {}
+
+
 def compute_response(
     ha1: str,
     method: str,
@@ -142,8 +146,15 @@ def compute_response(
     qop_l = None if qop is None else qop.lower()
     if qop_l == "auth-int":
         ha2 = _h(base, _b(f"{method}:{uri}:") + _h(base, body).encode())
-    elif qop_l in (None, "auth"):
-        ha2 = _h(base, _b(f"{method}:{uri}"))
+    elif qop_l is None or qop_l == "auth":
+        key = (base, method, uri)
+        cached = _HA2_CACHE.get(key)
+        if cached is None:
+            cached = _h(base, _b(f"{method}:{uri}"))
+            if len(_HA2_CACHE) >= 1024:
+                _HA2_CACHE.clear()
+            _HA2_CACHE[key] = cached
+        ha2 = cached
     else:
         raise ValueError(f"unsupported qop {qop!r}")
     if qop is None:
@@ -179,37 +190,39 @@ def _skip_ws(s: str, pos: int) -> int:
 
 # One auth-param and its separator, when its value is a token or a quoted-string without
 # quoted-pairs (what clients send): the fast path of _parse_params. The separator is the end
-# of the text, or a comma that another parameter follows.
-_PARAM_FAST_RE = re.compile(
+# of the text, or a comma that another parameter follows. A list of them splits one way only
+# (a token holds no comma, quote or blank; a quoted value ends at the first quote), so the
+# matches findall finds in text that _PARAMS_FAST_RE matches in full are its parameters.
+# The quoted value's class is qdtext (RFC 3261 §25.1) written as its complement.
+_PARAM_FAST = (
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
-    r'(?:"([\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]*)"|([A-Za-z0-9\-.!%*_+`\'~]+))'
+    r'(?:"([^"\\\x00-\x08\x0a-\x1f\x7f]*)"|([A-Za-z0-9\-.!%*_+`\'~]+))'
     r"[ \t]*(?:,[ \t]*(?=[^ \t])|\Z)"
 )
+_PARAM_FAST_RE = re.compile(_PARAM_FAST)
+_PARAMS_FAST_RE = re.compile(f"(?:{_PARAM_FAST})+")
 
 
 def _parse_params(s: str) -> list[tuple[str, str]]:
     """Parse ``auth-param *(COMMA auth-param)`` covering all of ``s`` (no surrounding LWS):
     ``[(lowercase name, unquoted value), ...]`` in order.
 
-    One regular-expression match per parameter; anything else (quoted-pairs, a grammar error,
-    a repeated name) is left to :func:`_parse_params_slow`, which gives the same result for
-    what the fast path accepts, and the precise error for the rest.
+    Two matches of compiled expressions (the whole list, then its parameters); anything else
+    (quoted-pairs, a grammar error, a repeated name) is left to :func:`_parse_params_slow`,
+    which gives the same result for what the fast path accepts, and the precise error for
+    the rest.
 
     Raises:
         SipParseError: grammar error or repeated parameter (RFC 3261 §25.1).
     """
-    out: list[tuple[str, str]] = []
-    pos = 0
-    n = len(s)
-    match = _PARAM_FAST_RE.match
-    while pos < n:
-        m = match(s, pos)
-        if m is None:
-            return _parse_params_slow(s)
-        name, quoted, token = m.groups()
-        out.append((name.lower(), quoted if token is None else token))
-        pos = m.end()
-    if not out or len({name for name, _ in out}) != len(out):
+    if _PARAMS_FAST_RE.fullmatch(s) is None:
+        return _parse_params_slow(s)
+    # findall gives "" for the alternative not taken; a token is never empty.
+    out = [
+        (name.lower(), token if token else quoted)
+        for name, quoted, token in _PARAM_FAST_RE.findall(s)
+    ]
+    if len({name for name, _ in out}) != len(out):
         return _parse_params_slow(s)
     return out
 
@@ -357,7 +370,7 @@ class DigestChallenge:
         return format_challenge(self)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Credentials:
     """One ``Authorization`` / ``Proxy-Authorization`` value (RFC 3261 §20.7, §22.4, §25.1;
     RFC 7616 §3.4).
@@ -368,21 +381,54 @@ class Credentials:
         scheme: the auth-scheme token (an unknown scheme still parses, RFC 4475 §3.3.7).
         params: other auth-params as ``(lowercase name, value)`` pairs, in order.
         token68: ``str | None``, the token68 form of non-Digest schemes (RFC 7235 §2.1).
+
+    Built once per authenticated request, so its ``__init__`` is written out (the generated one
+    would run interpreted in the compiled module, docs/native.md); treat it as read-only.
     """
 
-    username: str | None = None
-    realm: str | None = None
-    nonce: str | None = None
-    uri: str | None = None
-    response: str | None = None
-    algorithm: str | None = None
-    cnonce: str | None = None
-    opaque: str | None = None
-    qop: str | None = None
-    nc: str | None = None
-    scheme: str = "Digest"
-    params: tuple[tuple[str, str], ...] = ()
-    token68: str | None = None
+    username: str | None
+    realm: str | None
+    nonce: str | None
+    uri: str | None
+    response: str | None
+    algorithm: str | None
+    cnonce: str | None
+    opaque: str | None
+    qop: str | None
+    nc: str | None
+    scheme: str
+    params: tuple[tuple[str, str], ...]
+    token68: str | None
+
+    def __init__(
+        self,
+        username: str | None = None,
+        realm: str | None = None,
+        nonce: str | None = None,
+        uri: str | None = None,
+        response: str | None = None,
+        algorithm: str | None = None,
+        cnonce: str | None = None,
+        opaque: str | None = None,
+        qop: str | None = None,
+        nc: str | None = None,
+        scheme: str = "Digest",
+        params: tuple[tuple[str, str], ...] = (),
+        token68: str | None = None,
+    ) -> None:
+        self.username = username
+        self.realm = realm
+        self.nonce = nonce
+        self.uri = uri
+        self.response = response
+        self.algorithm = algorithm
+        self.cnonce = cnonce
+        self.opaque = opaque
+        self.qop = qop
+        self.nc = nc
+        self.scheme = scheme
+        self.params = params
+        self.token68 = token68
 
     def to_header(self) -> str:
         """Header value; see :func:`format_credentials`."""
@@ -517,20 +563,33 @@ class NonceStatus(enum.Enum):
     INVALID = "invalid"  # forged, garbled, or for another realm/source
 
 
-_NONCE_VERSION = 1
+_NONCE_VERSION = 2  # 2: keyed BLAKE2b MAC; 1 (before 2026-11): HMAC-SHA256, still accepted
+_NONCE_V1 = 1
 _NONCE_STRUCT = struct.Struct(">BqQ")  # version, issue time in ms, salt
 _NONCE_MAC_LEN = 16
 _NONCE_RAW_LEN = _NONCE_STRUCT.size + _NONCE_MAC_LEN  # 33 bytes -> 44 base64url chars
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{44}")
+# base64url (RFC 4648 §5) from and to binascii's base64, without base64.py's interpreted frames
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = str.maketrans("-_", "+/")
+_BLAKE2B_MAX_KEY = 64
 
 
 class NonceManager:
     """Makes and checks stateless nonces (RFC 7616 §3.3 / RFC 2617 §3.2.1 suggestion).
 
     A nonce is ``base64url(version(1) | issue_time_ms(8) | salt(8) | mac(16))`` (44 chars),
-    where ``mac = HMAC-SHA256(secret, "sipstack-nonce" | version | time | salt | realm |
-    source)`` truncated to 128 bits. No per-nonce state is kept; front ends sharing ``secret``
-    (and a clock epoch) accept each other's nonces.
+    where ``mac = BLAKE2b-128(key=secret, person="sipstack-nonce", version | time | salt |
+    realm | source)`` (keyed BLAKE2b, RFC 7693 §2.9: a MAC; a secret longer than 64 bytes
+    is first hashed to 64 with BLAKE2b), ``realm`` and ``source`` each prefixed with its
+    UTF-8 length (4 bytes, big-endian). No per-nonce state is kept; front ends sharing
+    ``secret`` (and a clock epoch) accept each other's nonces.
+
+    Version 1 nonces, issued by releases before 2026-11 with ``mac = HMAC-SHA256(secret,
+    "sipstack-nonce" | the same fields)`` cut to 128 bits, are still accepted, so a pool
+    upgraded one FE at a time does not reject the nonces its clients hold. Version 2 uses
+    BLAKE2b because CPython implements it itself: one MAC is a copy, an update and a digest
+    of a small object, where OpenSSL's HMAC allocates and frees several contexts.
 
     The salt makes every nonce of a manager unique (RFC 7616 §3.3): a 64-bit counter that
     starts at a random value and steps by one per nonce. The MAC, not the salt, makes nonces
@@ -548,7 +607,7 @@ class NonceManager:
         ValueError: secret shorter than 16 bytes, or non-positive/non-finite lifetime.
     """
 
-    __slots__ = ("_hmac", "_salt", "_secret", "_tails", "lifetime", "max_skew")
+    __slots__ = ("_keyed", "_salt", "_secret", "_tails", "lifetime", "max_skew")
 
     def __init__(
         self,
@@ -566,8 +625,13 @@ class NonceManager:
         self.lifetime = float(lifetime)
         self.max_skew = float(max_skew)
         self._salt = int.from_bytes(random_bytes(8)[:8].rjust(8, b"\0"), "big")
-        # The MAC's key and constant prefix, keyed once; each MAC works on a copy.
-        self._hmac = hmac.new(self._secret, b"sipstack-nonce", "sha256")
+        # Keyed once; each MAC works on a copy.
+        key = self._secret
+        if len(key) > _BLAKE2B_MAX_KEY:
+            key = hashlib.blake2b(key).digest()
+        self._keyed = hashlib.blake2b(
+            key=key, digest_size=_NONCE_MAC_LEN, person=b"sipstack-nonce"
+        )
         # (realm, source) -> the MAC message's tail (length-prefixed UTF-8 of both).
         self._tails: dict[tuple[str, str], bytes] = {}
 
@@ -579,9 +643,12 @@ class NonceManager:
             if len(self._tails) >= 1024:  # bounded: sources are per caller's choice
                 self._tails.clear()
             self._tails[(realm, source)] = tail
-        mac = self._hmac.copy()
+        if head[0] == _NONCE_V1:
+            msg = b"sipstack-nonce" + head + tail
+            return hmac.new(self._secret, msg, "sha256").digest()[:_NONCE_MAC_LEN]
+        mac = self._keyed.copy()
         mac.update(head + tail)
-        return mac.digest()[:_NONCE_MAC_LEN]
+        return mac.digest()
 
     def make(self, now: float, realm: str, source: str = "") -> str:
         """Return a fresh nonce for ``realm`` issued at ``now`` (seconds).
@@ -597,14 +664,14 @@ class NonceManager:
         salt = self._salt = (self._salt + 1) & 0xFFFF_FFFF_FFFF_FFFF
         head = _NONCE_STRUCT.pack(_NONCE_VERSION, round(now * 1000), salt)
         raw = head + self._mac(head, realm, source)
-        return base64.urlsafe_b64encode(raw).decode("ascii")
+        return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).decode("ascii")
 
     @staticmethod
     def _decode(nonce: str) -> bytes | None:
         if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
             return None
-        raw = base64.urlsafe_b64decode(nonce)
-        if len(raw) != _NONCE_RAW_LEN or raw[0] != _NONCE_VERSION:
+        raw = binascii.a2b_base64(nonce.translate(_FROM_URLSAFE))
+        if len(raw) != _NONCE_RAW_LEN or (raw[0] != _NONCE_VERSION and raw[0] != _NONCE_V1):
             return None
         return raw
 
@@ -726,7 +793,7 @@ class AuthStatus(enum.Enum):
     FAILED = "failed"  # anything else: challenge again (and count for rate limiting)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class AuthResult:
     """Result of :meth:`DigestVerifier.verify`.
 
@@ -739,8 +806,13 @@ class AuthResult:
     """
 
     status: AuthStatus
-    username: str | None = None
-    reason: str = ""
+    username: str | None
+    reason: str
+
+    def __init__(self, status: AuthStatus, username: str | None = None, reason: str = "") -> None:
+        self.status = status
+        self.username = username
+        self.reason = reason
 
     @property
     def ok(self) -> bool:

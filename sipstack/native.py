@@ -29,6 +29,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "registrar.register",
     "registrar.location",
     "registrar.dispatch",
+    "registrar.ratelimit",
 )
 """Dotted names of the modules ``scripts/build_native.sh`` compiles (keep the two in step)."""
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
+import struct
 from typing import Any
 
 import pytest
@@ -283,6 +287,46 @@ def test_nonce_forged_or_garbled() -> None:
     assert nm.check(flipped, T0, REALM) is NonceStatus.INVALID
     for bad in ("", "x", n + "A", n[:-1] + "!", "é" * 44):
         assert nm.check(bad, T0, REALM) is NonceStatus.INVALID
+
+
+def _fields(realm: str, source: str) -> bytes:
+    r, src = realm.encode(), source.encode()
+    return struct.pack(">I", len(r)) + r + struct.pack(">I", len(src)) + src
+
+
+@pytest.mark.parametrize("key_len", [16, 32, 64, 65, 200])
+def test_nonce_layout_and_keyed_blake2b_mac(key_len: int) -> None:
+    """The documented layout: base64url(version 2 | issue ms | salt | mac), the mac being
+    BLAKE2b-128 keyed with the secret (hashed to 64 bytes when longer), personalised
+    "sipstack-nonce", over version | ms | salt | len+realm | len+source; salts differ."""
+    key = bytes((i * 7) % 256 for i in range(key_len))
+    nm = NonceManager(key)
+    mac_key = key if key_len <= 64 else hashlib.blake2b(key).digest()
+    salts = set()
+    for realm, source in ((REALM, ""), ("é.example", "10.0.0.1:5061"), (REALM, "")):
+        raw = base64.urlsafe_b64decode(nm.make(T0, realm, source))
+        head, mac = raw[:17], raw[17:]
+        assert head[0] == 2 and struct.unpack(">q", head[1:9])[0] == round(T0 * 1000)
+        expected = hashlib.blake2b(
+            head + _fields(realm, source), key=mac_key, digest_size=16, person=b"sipstack-nonce"
+        ).digest()
+        assert mac == expected
+        salts.add(head[9:])
+    assert len(salts) == 3
+
+
+def test_version_1_nonces_still_accepted() -> None:
+    """Nonces of earlier releases (version 1, HMAC-SHA256) check as before: an FE upgraded
+    inside a pool accepts what its clients hold."""
+    head = struct.pack(">BqQ", 1, round(T0 * 1000), 12345)
+    mac = hmac.new(SECRET, b"sipstack-nonce" + head + _fields(REALM, ""), hashlib.sha256)
+    old = base64.urlsafe_b64encode(head + mac.digest()[:16]).decode()
+    nm = NonceManager(SECRET)
+    assert nm.check(old, T0 + 1, REALM) is NonceStatus.VALID
+    assert nm.check(old, T0 + 301, REALM) is NonceStatus.STALE
+    assert nm.check(old, T0 + 1, "other.realm") is NonceStatus.INVALID
+    forged = base64.urlsafe_b64encode(head + bytes(16)).decode()
+    assert nm.check(forged, T0 + 1, REALM) is NonceStatus.INVALID
 
 
 def test_nonce_source_binding() -> None:
