@@ -222,7 +222,12 @@ class RegisterService:
         if credentials is None:
             self.stats["challenged"] += 1
             return self._challenge(req, verifier, now, stale=False)
-        record = self.users.get(aor) if self.users is not None else None
+        users = self.users
+        record = None
+        if users is not None:
+            record = users.snapshot.by_aor.get(aor)
+            if record is None:
+                record = users.get(aor)  # another spelling of a stored AOR, or unknown
 
         def ha1(username: str, algorithm: str) -> str | None:
             if record is None or record.username != username:

@@ -761,11 +761,17 @@ class UserDirectory:
 
     Args:
         path: the database file written by :class:`UserStore`.
+
+    Attributes:
+        snapshot: the loaded generation, read-only: ``by_aor`` (normalised AOR ->
+            :class:`UserRecord`), ``by_cred`` ((digest username, realm) -> record) and
+            ``key``. A reload replaces it whole, never mutates it. The REGISTER path reads
+            ``snapshot.by_aor`` directly (a dictionary look-up, no interpreted call).
     """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._snap = _EMPTY
+        self.snapshot = _EMPTY
         self._lock = threading.Lock()
         self._missing_warned = False
         self._error_warned: str | None = None
@@ -778,7 +784,7 @@ class UserDirectory:
         A normalised AOR is one dictionary lookup; any other form is normalised first
         (:func:`normalize_aor`).
         """
-        by_aor = self._snap.by_aor
+        by_aor = self.snapshot.by_aor
         rec = by_aor.get(aor)
         if rec is not None:
             return rec
@@ -806,7 +812,7 @@ class UserDirectory:
             ValueError: unsupported algorithm.
         """
         base = _algorithm_base(algorithm)
-        by_cred = self._snap.by_cred
+        by_cred = self.snapshot.by_cred
         rec = by_cred.get((username, realm))
         if rec is None:
             rec = by_cred.get((username, realm.lower()))
@@ -815,7 +821,7 @@ class UserDirectory:
         return rec.ha1_md5 if base == "MD5" else rec.ha1_sha256
 
     def __len__(self) -> int:
-        return len(self._snap.by_aor)
+        return len(self.snapshot.by_aor)
 
     def __contains__(self, aor: object) -> bool:
         return isinstance(aor, str) and self.get(aor) is not None
@@ -823,7 +829,7 @@ class UserDirectory:
     @property
     def revision(self) -> int | None:
         """The revision of the loaded data, ``None`` when nothing was loaded."""
-        key = self._snap.key
+        key = self.snapshot.key
         return None if key is None else int(key[3])
 
     # -- loading (worker thread) --------------------------------------------------------------
@@ -891,7 +897,7 @@ class UserDirectory:
             if not self._missing_warned:
                 log.warning("user database %s does not exist: no users are known", self.path)
                 self._missing_warned = True
-            self._snap = _EMPTY
+            self.snapshot = _EMPTY
             return 0
         self._missing_warned = False
         try:
@@ -913,9 +919,9 @@ class UserDirectory:
             raise UserStoreError(f"{self.path}: cannot read user database: {exc}") from None
         if meta is None:
             log.warning("user database %s has no schema yet: no users are known", self.path)
-            self._snap = _Snapshot({}, {}, (*st, "", -1))
+            self.snapshot = _Snapshot({}, {}, (*st, "", -1))
             return 0
-        self._snap = _Snapshot(by_aor, by_cred, (*st, *meta))
+        self.snapshot = _Snapshot(by_aor, by_cred, (*st, *meta))
         log.info(
             "user directory loaded from %s: %d users, revision %d (%.3f s)",
             self.path,
@@ -935,7 +941,7 @@ class UserDirectory:
         :class:`UserStore` is creating it), is not a change: the loaded users stay.
         """
         with self._lock:
-            old = self._snap.key
+            old = self.snapshot.key
             try:
                 new = self._current_key()
             except (sqlite3.Error, UserStoreError) as exc:
@@ -947,7 +953,7 @@ class UserDirectory:
                     log.warning(
                         "user database %s disappeared: keeping the %d users loaded",
                         self.path,
-                        len(self._snap.by_aor),
+                        len(self.snapshot.by_aor),
                     )
                     self._missing_warned = True
                 return False
@@ -959,11 +965,11 @@ class UserDirectory:
                 self._warn_error(str(exc))
                 return False
             self._error_warned = None
-            return self._snap.key != old
+            return self.snapshot.key != old
 
     def _warn_error(self, message: str) -> None:
         if self._error_warned != message:
-            log.error("%s; keeping the %d users loaded", message, len(self._snap.by_aor))
+            log.error("%s; keeping the %d users loaded", message, len(self.snapshot.by_aor))
             self._error_warned = message
 
     async def watch(

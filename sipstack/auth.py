@@ -190,39 +190,40 @@ def _skip_ws(s: str, pos: int) -> int:
 
 # One auth-param and its separator, when its value is a token or a quoted-string without
 # quoted-pairs (what clients send): the fast path of _parse_params. The separator is the end
-# of the text, or a comma that another parameter follows. A list of them splits one way only
-# (a token holds no comma, quote or blank; a quoted value ends at the first quote), so the
-# matches findall finds in text that _PARAMS_FAST_RE matches in full are its parameters.
-# The quoted value's class is qdtext (RFC 3261 §25.1) written as its complement.
-_PARAM_FAST = (
+# of the text, or a comma that another parameter follows. The quoted value's class is qdtext
+# (RFC 3261 §25.1) written as its complement.
+_PARAM_FAST_RE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
     r'(?:"([^"\\\x00-\x08\x0a-\x1f\x7f]*)"|([A-Za-z0-9\-.!%*_+`\'~]+))'
     r"[ \t]*(?:,[ \t]*(?=[^ \t])|\Z)"
 )
-_PARAM_FAST_RE = re.compile(_PARAM_FAST)
-_PARAMS_FAST_RE = re.compile(f"(?:{_PARAM_FAST})+")
 
 
 def _parse_params(s: str) -> list[tuple[str, str]]:
     """Parse ``auth-param *(COMMA auth-param)`` covering all of ``s`` (no surrounding LWS):
     ``[(lowercase name, unquoted value), ...]`` in order.
 
-    Two matches of compiled expressions (the whole list, then its parameters); anything else
-    (quoted-pairs, a grammar error, a repeated name) is left to :func:`_parse_params_slow`,
-    which gives the same result for what the fast path accepts, and the precise error for
-    the rest.
+    One match of a compiled expression per parameter, each where the last ended (one pass
+    over the text; checking the whole list first and then splitting it took two, and cost
+    more); anything else (quoted-pairs, a grammar error, a repeated name) is left to
+    :func:`_parse_params_slow`, which gives the same result for what the fast path
+    accepts, and the precise error for the rest.
 
     Raises:
         SipParseError: grammar error or repeated parameter (RFC 3261 §25.1).
     """
-    if _PARAMS_FAST_RE.fullmatch(s) is None:
-        return _parse_params_slow(s)
-    # findall gives "" for the alternative not taken; a token is never empty.
-    out = [
-        (name.lower(), token if token else quoted)
-        for name, quoted, token in _PARAM_FAST_RE.findall(s)
-    ]
-    if len({name for name, _ in out}) != len(out):
+    out: list[tuple[str, str]] = []
+    pos = 0
+    n = len(s)
+    match = _PARAM_FAST_RE.match
+    while pos < n:
+        m = match(s, pos)
+        if m is None:
+            return _parse_params_slow(s)
+        name, quoted, token = m.groups()
+        out.append((name.lower(), quoted if token is None else token))
+        pos = m.end()
+    if not out or len({name for name, _ in out}) != len(out):
         return _parse_params_slow(s)
     return out
 
