@@ -204,9 +204,11 @@ class RegisterService:
         or ``403`` while the source address or the AOR is blocked by the failure limit.
         Also used by SUBSCRIBE to the reg event package (a user may watch only its own AOR).
         """
+        src_limiter = self.src_limiter
+        aor_limiter = self.aor_limiter
         src_key = f"src:{flow.remote[0]}"
         aor_key = f"aor:{aor}"
-        if self.src_limiter.blocked(src_key, now) or self.aor_limiter.blocked(aor_key, now):
+        if src_limiter.blocked(src_key, now) or aor_limiter.blocked(aor_key, now):
             self.stats["blocked"] += 1
             return make_response(req, 403, "Forbidden")
         verifier = self._verifiers[realm]
@@ -236,13 +238,13 @@ class RegisterService:
 
         result = verifier.verify(credentials, req.method, ha1, now)
         if result.status is AuthStatus.OK:
-            self.aor_limiter.success(aor_key)
+            aor_limiter.success(aor_key)
             return None
         if result.status is AuthStatus.STALE:
             return self._challenge(req, verifier, now, stale=True)
         self.stats["failed"] += 1
-        blocked = self.aor_limiter.failure(aor_key, now)
-        blocked = self.src_limiter.failure(src_key, now) or blocked
+        blocked = aor_limiter.failure(aor_key, now)
+        blocked = src_limiter.failure(src_key, now) or blocked
         log.warning(
             "authentication failed for %s from %s %s:%s (%s)%s",
             aor,
@@ -488,4 +490,4 @@ def _http_date(now: float) -> str:
 def _to_tag(req: Request) -> str:
     """A To tag derived from the request: retransmissions get the same tag (RFC 3261 §8.2.6.2)."""
     branch = req.top_via.branch or req.call_id
-    return "%08x" % (hash((branch, req.cseq.number, "reg")) & 0xFFFFFFFF)
+    return f"{(hash(branch) ^ req.cseq.number) & 0xFFFFFFFF:08x}"

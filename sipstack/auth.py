@@ -569,7 +569,6 @@ _NONCE_V1 = 1
 _NONCE_STRUCT = struct.Struct(">BqQ")  # version, issue time in ms, salt
 _NONCE_MAC_LEN = 16
 _NONCE_RAW_LEN = _NONCE_STRUCT.size + _NONCE_MAC_LEN  # 33 bytes -> 44 base64url chars
-_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{44}")
 # base64url (RFC 4648 §5) from and to binascii's base64, without base64.py's interpreted frames
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = str.maketrans("-_", "+/")
@@ -669,9 +668,14 @@ class NonceManager:
 
     @staticmethod
     def _decode(nonce: str) -> bytes | None:
-        if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+        # 44 base64url characters: binascii's strict mode rejects anything outside the
+        # base64 alphabet once "-_" read as "+/"; "+" and "/" themselves are not base64url.
+        if not isinstance(nonce, str) or len(nonce) != 44 or "+" in nonce or "/" in nonce:
             return None
-        raw = binascii.a2b_base64(nonce.translate(_FROM_URLSAFE))
+        try:
+            raw = binascii.a2b_base64(nonce.translate(_FROM_URLSAFE), strict_mode=True)
+        except ValueError:  # binascii.Error, or a non-ASCII character
+            return None
         if len(raw) != _NONCE_RAW_LEN or (raw[0] != _NONCE_VERSION and raw[0] != _NONCE_V1):
             return None
         return raw
