@@ -685,6 +685,20 @@ def hold_writes(s: LocationService) -> tuple[threading.Event, threading.Event]:
     return writing, release
 
 
+def fail_next_write(s: LocationService) -> None:
+    """Make the next write of ``s``'s writer thread fail once with a disk error; the writes
+    after it go through."""
+    real_write = s._write
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def flaky(batch: dict[tuple[str, str], Binding | int]) -> None:
+        if failures:
+            raise failures.pop()
+        real_write(batch)
+
+    s._write = flaky
+
+
 def test_put_does_not_wait_for_a_slow_writer(db: Path, clock: FakeClock) -> None:
     s = LocationService(db, clock=clock, flush_interval=0.05)
     s.open()
@@ -736,15 +750,7 @@ def test_write_failure_is_reported_by_flush_and_retried(
 ) -> None:
     s = LocationService(db, clock=clock, flush_interval=60)  # writes only when asked
     s.open()
-    real_write = s._write
-    failures = [sqlite3.OperationalError("disk I/O error")]
-
-    def flaky(batch: dict[tuple[str, str], Binding | int]) -> None:
-        if failures:
-            raise failures.pop()
-        real_write(batch)
-
-    s._write = flaky
+    fail_next_write(s)
     s.put(binding())
     with pytest.raises(LocationStoreError, match="disk I/O error"):
         s.flush()
@@ -911,15 +917,7 @@ def test_re_add_while_a_failed_removal_waits_for_its_retry_leaves_one_row(
     s.open()
     s.put(binding(cseq=1))
     s.flush()
-    real_write = s._write
-    failures = [sqlite3.OperationalError("disk I/O error")]
-
-    def flaky(batch: dict[tuple[str, str], Binding | int]) -> None:
-        if failures:
-            raise failures.pop()
-        real_write(batch)
-
-    s._write = flaky
+    fail_next_write(s)
     s.remove(ALICE, binding().key)
     with pytest.raises(LocationStoreError):
         s.flush()  # the delete failed and is pending again
