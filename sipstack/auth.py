@@ -316,15 +316,20 @@ def _parse_auth(value: object) -> tuple[str, list[tuple[str, str]], str | None]:
         if "\r" in value or "\n" in value:
             raise SipParseError("auth header: bare CR or LF")
     s = value.strip(_WS)
-    m = _TOKEN_RE.match(s)
-    if m is None:
-        raise SipParseError("auth header: missing auth-scheme")
-    scheme = m.group()
-    if m.end() == len(s):
-        return scheme, [], None
-    if s[m.end()] not in _WS:
-        raise SipParseError("auth header: expected LWS after auth-scheme")
-    rest = s[m.end() :].lstrip(_WS)
+    end = s.find(" ")  # the usual "Digest username=..."
+    if end > 0 and _is_token(s[:end]):
+        scheme = s[:end]
+    else:
+        m = _TOKEN_RE.match(s)
+        if m is None:
+            raise SipParseError("auth header: missing auth-scheme")
+        scheme = m.group()
+        end = m.end()
+        if end == len(s):
+            return scheme, [], None
+        if s[end] not in _WS:
+            raise SipParseError("auth header: expected LWS after auth-scheme")
+    rest = s[end:].lstrip(_WS)
     try:
         return scheme, _parse_params(rest), None
     except SipParseError:
@@ -869,8 +874,13 @@ class AuthResult:
         return self.status is AuthStatus.OK
 
 
-_NC_RE = re.compile(r"[0-9a-fA-F]{8}")
-_HEX_RE = re.compile(r"[0-9a-fA-F]+")
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
+def _is_hex(text: str) -> bool:
+    """True if ``text`` is one or more hex digits (``str.strip`` of the digits leaves nothing:
+    one call, where a pattern match costs its engine's set-up)."""
+    return bool(text) and not text.strip(_HEX_DIGITS)
 
 
 class DigestVerifier:
@@ -1056,11 +1066,11 @@ class DigestVerifier:
                 return "unsupported qop"
             if c.nc is None or c.cnonce is None:
                 return "missing parameter"
-            if not _NC_RE.fullmatch(c.nc) or c.nc == "00000000":
+            if len(c.nc) != 8 or not _is_hex(c.nc) or c.nc == "00000000":
                 return "malformed nc"
         elif not self.allow_no_qop or sess:
             return "missing qop"
-        if len(response) != _HEX_LEN[base] or not _HEX_RE.fullmatch(response):
+        if len(response) != _HEX_LEN[base] or not _is_hex(response):
             return "malformed response"
         return ""
 

@@ -167,6 +167,29 @@ def test_scheme_only() -> None:
     assert parse_challenge(" Digest ") == DigestChallenge()
 
 
+@pytest.mark.parametrize(
+    ("value", "scheme", "realm"),
+    [
+        ("Digest realm=x", "Digest", "x"),
+        ("Digest\trealm=x", "Digest", "x"),
+        ("Digest \t realm=x", "Digest", "x"),
+        ('Digest\trealm="a b"', "Digest", "a b"),
+        ("digest realm=x", "digest", "x"),
+        ("X-Scheme.1 realm=x", "X-Scheme.1", "x"),
+    ],
+)
+def test_scheme_then_parameters(value: str, scheme: str, realm: str) -> None:
+    """The scheme is the token before the first LWS, however that LWS is written."""
+    c = parse_credentials(value)
+    assert (c.scheme, c.realm) == (scheme, realm)
+
+
+@pytest.mark.parametrize("value", ["Dig,est realm=x", '"Digest" realm=x', "=x", "Digest=x y"])
+def test_scheme_not_a_token(value: str) -> None:
+    with pytest.raises(SipParseError):
+        parse_credentials(value)
+
+
 @settings(max_examples=400)
 @given(st.text())
 def test_fuzz_parsers_only_raise_sip_parse_error(value: str) -> None:
@@ -286,7 +309,7 @@ def test_nonce_forged_or_garbled() -> None:
     assert nm.check(other, T0, REALM) is NonceStatus.INVALID
     flipped = n[:-2] + ("A" if n[-2] != "A" else "B") + n[-1]
     assert nm.check(flipped, T0, REALM) is NonceStatus.INVALID
-    for bad in ("", "x", n + "A", n[:-1] + "!", "é" * 44):
+    for bad in ("", "x", n + "A", n[:-1] + "!", n[:-1] + "+", n[:-1] + "=", "é" * 44):
         assert nm.check(bad, T0, REALM) is NonceStatus.INVALID
 
 
@@ -480,10 +503,15 @@ def test_wrong_password_and_unknown_user_look_identical(verifier: DigestVerifier
         {"nc": None},
         {"nc": "00000000"},
         {"nc": "1"},
+        {"nc": "0000000g"},
+        {"nc": "000000001"},
+        {"nc": " 0000001"},
         {"qop": "auth-int"},
         {"algorithm": "SHA-512"},
         {"algorithm": "MD5"},  # response length no longer matches the algorithm
         {"response": "zz" * 32},
+        {"response": "0" * 63 + "g"},
+        {"response": "0" * 63 + " "},
         {"scheme": "Basic"},
     ],
 )
