@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import SipParseError
-from .uri import FAST_SIP_PATTERN, SipUri, Uri, fast_sip_uri, parse_uri
+from .uri import FAST_SIP_PATTERN, MEMO_SIZE, SipUri, Uri, fast_sip_uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -597,6 +597,25 @@ _NAME_ADDR_FAST_RE = re.compile(
     re.DOTALL,
 )
 
+# value -> (the nine groups of _NAME_ADDR_FAST_RE, start of group 3, end of group 7); see
+# sipstack.uri.MEMO_SIZE (only strings are kept, never a parsed object).
+_NAME_ADDR_MEMO: dict[str, tuple[tuple[str | None, ...], int, int]] = {}
+
+
+def _match_name_addr(value: str) -> tuple[tuple[str | None, ...], int, int] | None:
+    """``_NAME_ADDR_FAST_RE`` on ``value``: ``(groups, start, end)`` with the span of the URI
+    (groups 3 to 7), or ``None`` if it does not match; memoised."""
+    entry = _NAME_ADDR_MEMO.get(value)
+    if entry is None:
+        m = _NAME_ADDR_FAST_RE.match(value)
+        if m is None:
+            return None
+        entry = (m.groups(), m.start(3), m.end(7))
+        if len(_NAME_ADDR_MEMO) >= MEMO_SIZE:
+            _NAME_ADDR_MEMO.clear()
+        _NAME_ADDR_MEMO[value] = entry
+    return entry
+
 
 def parse_name_addr(value: str) -> NameAddr:
     """Parse one From/To/Contact/Route element (already split at list commas).
@@ -610,10 +629,12 @@ def parse_name_addr(value: str) -> NameAddr:
             (§3.1.2.15), an addr-spec holding ``,`` ``?`` or spaces in its URI (§3.1.2.13),
             missing ``>``, or a bad URI or parameter.
     """
-    m = _NAME_ADDR_FAST_RE.match(value)
-    if m is None:
+    entry = _match_name_addr(value)
+    if entry is None:
         return _parse_name_addr_slow(value)
-    quoted, tokens, scheme, user, host, port, uri_params, tag, rest = m.groups()
+    groups, start, end = entry
+    quoted, tokens, scheme, user, host, port, uri_params, tag, rest = groups
+    assert scheme is not None and host is not None
     uri = fast_sip_uri(scheme, user, host, port, uri_params or "")
     params: dict[str, str | None] = {"tag": tag} if tag is not None else {}
     if rest:
@@ -631,7 +652,7 @@ def parse_name_addr(value: str) -> NameAddr:
         display = None
     # str(uri) is the text itself unless the scheme or the port was written differently.
     if (scheme == "sip" or scheme == "sips") and (port is None or port[0] != "0"):
-        text: str | None = value[m.start(3) : m.end(7)]
+        text: str | None = value[start:end]
     else:
         text = None
     return NameAddr(uri, display, params, False, text)
@@ -640,7 +661,8 @@ def parse_name_addr(value: str) -> NameAddr:
 def check_name_addr(value: str) -> NameAddr | None:
     """Check that ``value`` is a name-addr as :func:`parse_name_addr` would accept it, parsing
     it only when needed: the usual form (``[display] <sip:...>[;tag=...]`` with a valid port and
-    no other parameter) is recognised by one regular-expression match and gives ``None``; any
+    no other parameter) is recognised by one regular-expression match (memoised, see
+    :data:`sipstack.uri.MEMO_SIZE`) and gives ``None``; any
     other text is parsed and its :class:`NameAddr` returned.
 
     For the From header of every request, which most elements never look into (the response
@@ -649,10 +671,10 @@ def check_name_addr(value: str) -> NameAddr | None:
     Raises:
         SipParseError: as :func:`parse_name_addr`.
     """
-    m = _NAME_ADDR_FAST_RE.match(value)
-    if m is None or m.group(9):
+    entry = _match_name_addr(value)
+    if entry is None or entry[0][8]:
         return parse_name_addr(value)
-    port = m.group(6)
+    port = entry[0][5]
     if port is not None and int(port) > 65535:
         return parse_name_addr(value)  # raises, with the usual message
     return None

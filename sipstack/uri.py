@@ -60,6 +60,31 @@ FAST_SIP_PATTERN = (
 )
 _FAST_SIP_RE = re.compile(FAST_SIP_PATTERN + r"\Z")
 
+MEMO_SIZE = 2048
+"""Entries of each match memo (:func:`fast_sip_groups`, ``headers``' name-addr memo): cleared
+when full. The same texts come back within a client's exchange (the unauthenticated REGISTER,
+then the same with credentials; one Request-URI for a whole domain), and a memo hit costs a
+dictionary look-up where the pattern match costs its engine's set-up and a pass over the text.
+A memo holds only the groups (strings), never a parsed object: every parse still builds its
+own, so callers may change what they get."""
+
+_SIP_MEMO: dict[str, tuple[str | None, ...]] = {}
+
+
+def fast_sip_groups(text: str) -> tuple[str | None, ...] | None:
+    """The five groups of a match of :data:`FAST_SIP_PATTERN` on all of ``text``, or ``None``
+    if it does not match; memoised (:data:`MEMO_SIZE`)."""
+    groups = _SIP_MEMO.get(text)
+    if groups is None:
+        m = _FAST_SIP_RE.match(text)
+        if m is None:
+            return None
+        groups = m.groups()
+        if len(_SIP_MEMO) >= MEMO_SIZE:
+            _SIP_MEMO.clear()
+        _SIP_MEMO[text] = groups
+    return groups
+
 
 def unescape(text: str) -> str:
     """Decode ``%HH`` escapes (RFC 3261 §19.1.2, §25.1 ``escaped``); other text is unchanged.
@@ -396,9 +421,11 @@ def parse_uri(text: str) -> Uri:
 
     Source: RFC 3261 §19.1.1, §25.1; RFC 3966.
     """
-    m = _FAST_SIP_RE.match(text)
-    if m is not None:
-        return fast_sip_uri(*m.groups())
+    groups = fast_sip_groups(text)
+    if groups is not None:
+        scheme, user, host, port, ptext = groups
+        assert scheme is not None and host is not None
+        return fast_sip_uri(scheme, user, host, port, ptext or "")
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):
         raise SipParseError(f"not a URI: {text[:80]!r}")

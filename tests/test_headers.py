@@ -23,7 +23,7 @@ from sipstack.headers import (
     split_commas,
     unquote,
 )
-from sipstack.uri import AbsoluteUri, SipUri, TelUri
+from sipstack.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 
 # ---------------------------------------------------------------------------- header names
 
@@ -478,3 +478,30 @@ def test_no_possessive_group_repeats_in_the_sources() -> None:
 def test_parameter_lists_that_a_faulty_possessive_repeat_would_pass(text: str) -> None:
     with pytest.raises(SipParseError):
         parse_params(text)
+
+
+def test_name_addr_memo_gives_independent_objects_and_stays_bounded() -> None:
+    """The match memo keeps strings only: each parse of one text builds its own objects, and
+    the memo never holds more than MEMO_SIZE texts."""
+    from sipstack import headers as mod
+    from sipstack import uri as uri_mod
+
+    text = '"Bob" <sip:bob@example.com:5070;transport=tcp>;tag=1;expires=60'
+    a, b = parse_name_addr(text), parse_name_addr(text)
+    assert a == b and a is not b and a.uri is not b.uri
+    a.params["q"] = "1"
+    assert isinstance(a.uri, SipUri)
+    a.uri.params["lr"] = None
+    assert parse_name_addr(text) == b and "q" not in b.params
+    assert isinstance(b.uri, SipUri) and "lr" not in b.uri.params
+    assert check_name_addr("<sip:bob@example.com>;tag=1") is None
+    assert check_name_addr("<sip:bob@example.com>;tag=1") is None  # a memo hit
+    with pytest.raises(SipParseError):
+        check_name_addr("<sip:bob@example.com:99999>")
+    with pytest.raises(SipParseError):
+        check_name_addr("<sip:bob@example.com:99999>")  # still raises from the memo
+    for i in range(uri_mod.MEMO_SIZE + 10):
+        parse_name_addr(f"<sip:u{i}@example.com>")
+        parse_uri(f"sip:u{i}@example.com")
+    assert len(mod._NAME_ADDR_MEMO) <= uri_mod.MEMO_SIZE
+    assert len(uri_mod._SIP_MEMO) <= uri_mod.MEMO_SIZE
