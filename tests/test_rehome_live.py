@@ -569,13 +569,28 @@ def test_flapping_fe_killed_during_rehome(tmp_path: Path, live: Any) -> None:
     wait_counts(pool, in_backup, 30, backup=backup)
 
     # The backups stopped re-homing toward the victim once they saw it down (+ one interval).
+    # A backup that had not yet heard the restarted victim when it died again never saw it up,
+    # so it has nothing to log down and must not have re-homed toward it at all.
     for fqdn in survivors:
+        ups = [
+            e
+            for e in pool.events(fqdn, 32001, since=restart_wall - 1)
+            if e.get("fqdn") == victim.fqdn
+        ]
+        if not ups:
+            toward = [
+                b
+                for b in pool.events(fqdn, 32040, since=restart_wall - 1)
+                if victim.fqdn in b["target"]
+            ]
+            assert not toward, f"{fqdn} re-homed toward {victim.fqdn} it never saw up: {toward}"
+            continue
         downs = [
             e
             for e in pool.events(fqdn, 32002, since=killed_wall - 0.5)
             if e.get("fqdn") == victim.fqdn
         ]
-        assert downs, f"{fqdn} never logged {victim.fqdn} down"
+        assert downs, f"{fqdn} saw {victim.fqdn} up again but never logged it down"
         seen_down = downs[0]["ts"]
         late = [
             b
