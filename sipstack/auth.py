@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sipstack.errors import SipParseError
+from sipstack.headers import is_token
 
 __all__ = [
     "AuthResult",
@@ -188,12 +189,6 @@ def _skip_ws(s: str, pos: int) -> int:
     return pos
 
 
-def _is_token(text: str) -> bool:
-    """True if ``text`` is a token (RFC 3261 §25.1): ASCII letters and digits (nearly every
-    name and value) are decided without the pattern."""
-    return (text.isalnum() and text.isascii()) or _TOKEN_RE.fullmatch(text) is not None
-
-
 def _parse_params(s: str) -> list[tuple[str, str]]:
     """Parse ``auth-param *(COMMA auth-param)`` covering all of ``s`` (no surrounding LWS):
     ``[(lowercase name, unquoted value), ...]`` in order.
@@ -220,7 +215,7 @@ def _parse_params(s: str) -> list[tuple[str, str]]:
         name = s[pos:eq]
         if name[-1] == " " or name[-1] == "\t":
             name = name.rstrip(_WS)
-        if not _is_token(name):
+        if not is_token(name):
             return _parse_params_slow(s)
         pos = eq + 1
         if pos < n and (s[pos] == " " or s[pos] == "\t"):
@@ -245,7 +240,7 @@ def _parse_params(s: str) -> list[tuple[str, str]]:
                 return _parse_params_slow(s)
             if value[-1] == " " or value[-1] == "\t":
                 value = value.rstrip(_WS)
-            if not _is_token(value):
+            if not is_token(value):
                 return _parse_params_slow(s)
             pos = end
         out.append((name.lower(), value))
@@ -317,7 +312,7 @@ def _parse_auth(value: object) -> tuple[str, list[tuple[str, str]], str | None]:
             raise SipParseError("auth header: bare CR or LF")
     s = value.strip(_WS)
     end = s.find(" ")  # the usual "Digest username=..."
-    if end > 0 and _is_token(s[:end]):
+    if end > 0 and is_token(s[:end]):
         scheme = s[:end]
     else:
         m = _TOKEN_RE.match(s)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import SipParseError
-from .uri import FAST_SIP_PATTERN, MEMO_SIZE, SipUri, Uri, fast_sip_uri, parse_uri
+from .uri import FAST_SIP_PATTERN, MatchMemo, SipUri, Uri, fast_sip_uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -168,8 +168,9 @@ def canonical_name(key: str) -> str:
 
 
 def is_token(text: str) -> bool:
-    """True if ``text`` is an RFC 3261 §25.1 ``token``."""
-    return _TOKEN_RE.match(text) is not None
+    """True if ``text`` is an RFC 3261 §25.1 ``token``. ASCII letters and digits (nearly every
+    parameter name and many values) are decided without the pattern."""
+    return (text.isalnum() and text.isascii()) or _TOKEN_RE.match(text) is not None
 
 
 def split_commas(value: str) -> list[str]:
@@ -597,24 +598,8 @@ _NAME_ADDR_FAST_RE = re.compile(
     re.DOTALL,
 )
 
-# value -> (the nine groups of _NAME_ADDR_FAST_RE, start of group 3, end of group 7); see
-# sipstack.uri.MEMO_SIZE (only strings are kept, never a parsed object).
-_NAME_ADDR_MEMO: dict[str, tuple[tuple[str | None, ...], int, int]] = {}
-
-
-def _match_name_addr(value: str) -> tuple[tuple[str | None, ...], int, int] | None:
-    """``_NAME_ADDR_FAST_RE`` on ``value``: ``(groups, start, end)`` with the span of the URI
-    (groups 3 to 7), or ``None`` if it does not match; memoised."""
-    entry = _NAME_ADDR_MEMO.get(value)
-    if entry is None:
-        m = _NAME_ADDR_FAST_RE.match(value)
-        if m is None:
-            return None
-        entry = (m.groups(), m.start(3), m.end(7))
-        if len(_NAME_ADDR_MEMO) >= MEMO_SIZE:
-            _NAME_ADDR_MEMO.clear()
-        _NAME_ADDR_MEMO[value] = entry
-    return entry
+# Matches of _NAME_ADDR_FAST_RE with the span of the URI (groups 3 to 7).
+_NAME_ADDR_MEMO = MatchMemo(_NAME_ADDR_FAST_RE, 3, 7)
 
 
 def parse_name_addr(value: str) -> NameAddr:
@@ -629,7 +614,7 @@ def parse_name_addr(value: str) -> NameAddr:
             (§3.1.2.15), an addr-spec holding ``,`` ``?`` or spaces in its URI (§3.1.2.13),
             missing ``>``, or a bad URI or parameter.
     """
-    entry = _match_name_addr(value)
+    entry = _NAME_ADDR_MEMO.match(value)
     if entry is None:
         return _parse_name_addr_slow(value)
     groups, start, end = entry
@@ -661,8 +646,8 @@ def parse_name_addr(value: str) -> NameAddr:
 def check_name_addr(value: str) -> NameAddr | None:
     """Check that ``value`` is a name-addr as :func:`parse_name_addr` would accept it, parsing
     it only when needed: the usual form (``[display] <sip:...>[;tag=...]`` with a valid port and
-    no other parameter) is recognised by one regular-expression match (memoised, see
-    :data:`sipstack.uri.MEMO_SIZE`) and gives ``None``; any
+    no other parameter) is recognised by one regular-expression match (memoised:
+    :class:`sipstack.uri.MatchMemo`) and gives ``None``; any
     other text is parsed and its :class:`NameAddr` returned.
 
     For the From header of every request, which most elements never look into (the response
@@ -671,7 +656,7 @@ def check_name_addr(value: str) -> NameAddr | None:
     Raises:
         SipParseError: as :func:`parse_name_addr`.
     """
-    entry = _match_name_addr(value)
+    entry = _NAME_ADDR_MEMO.match(value)
     if entry is None or entry[0][8]:
         return parse_name_addr(value)
     port = entry[0][5]

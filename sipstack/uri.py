@@ -61,29 +61,51 @@ FAST_SIP_PATTERN = (
 _FAST_SIP_RE = re.compile(FAST_SIP_PATTERN + r"\Z")
 
 MEMO_SIZE = 2048
-"""Entries of each match memo (:func:`fast_sip_groups`, ``headers``' name-addr memo): cleared
-when full. The same texts come back within a client's exchange (the unauthenticated REGISTER,
-then the same with credentials; one Request-URI for a whole domain), and a memo hit costs a
-dictionary look-up where the pattern match costs its engine's set-up and a pass over the text.
-A memo holds only the groups (strings), never a parsed object: every parse still builds its
-own, so callers may change what they get."""
-
-_SIP_MEMO: dict[str, tuple[str | None, ...]] = {}
+"""Texts a :class:`MatchMemo` holds; it is emptied when full."""
 
 
-def fast_sip_groups(text: str) -> tuple[str | None, ...] | None:
-    """The five groups of a match of :data:`FAST_SIP_PATTERN` on all of ``text``, or ``None``
-    if it does not match; memoised (:data:`MEMO_SIZE`)."""
-    groups = _SIP_MEMO.get(text)
-    if groups is None:
-        m = _FAST_SIP_RE.match(text)
-        if m is None:
-            return None
-        groups = m.groups()
-        if len(_SIP_MEMO) >= MEMO_SIZE:
-            _SIP_MEMO.clear()
-        _SIP_MEMO[text] = groups
-    return groups
+class MatchMemo:
+    """Memoised matches of one compiled pattern: for each text, the groups of the match and
+    the span from the start of group ``first`` to the end of group ``last``, or ``None``
+    when the pattern does not match (not memoised).
+
+    The same texts come back within a client's exchange (the unauthenticated REGISTER, then
+    the same with credentials; one Request-URI for a whole domain), and a hit costs a
+    dictionary look-up where the match costs the ``re`` engine's set-up and a pass over the
+    text. Only strings are kept, never a parsed object: every parse still builds its own, so
+    callers may change what they get. At most :data:`MEMO_SIZE` texts (bytes: the texts
+    themselves, which the messages hold anyway while they live).
+
+    Args:
+        pattern: the compiled pattern (``match``, anchored by the pattern where it must be).
+        first, last: group numbers of the span returned (``0, 0``: the whole match).
+    """
+
+    def __init__(self, pattern: re.Pattern[str], first: int = 0, last: int = 0) -> None:
+        self._pattern = pattern
+        self._first = first
+        self._last = last
+        self._entries: dict[str, tuple[tuple[str | None, ...], int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def match(self, text: str) -> tuple[tuple[str | None, ...], int, int] | None:
+        """``(groups, start, end)`` of the pattern's match on ``text``, or ``None``."""
+        entries = self._entries
+        entry = entries.get(text)
+        if entry is None:
+            m = self._pattern.match(text)
+            if m is None:
+                return None
+            entry = (m.groups(), m.start(self._first), m.end(self._last))
+            if len(entries) >= MEMO_SIZE:
+                entries.clear()
+            entries[text] = entry
+        return entry
+
+
+_SIP_MEMO = MatchMemo(_FAST_SIP_RE)
 
 
 def unescape(text: str) -> str:
@@ -421,9 +443,9 @@ def parse_uri(text: str) -> Uri:
 
     Source: RFC 3261 §19.1.1, §25.1; RFC 3966.
     """
-    groups = fast_sip_groups(text)
-    if groups is not None:
-        scheme, user, host, port, ptext = groups
+    entry = _SIP_MEMO.match(text)
+    if entry is not None:
+        scheme, user, host, port, ptext = entry[0]
         assert scheme is not None and host is not None
         return fast_sip_uri(scheme, user, host, port, ptext or "")
     scheme, colon, rest = text.partition(":")
