@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import SipParseError
-from .uri import FAST_SIP_PATTERN, MatchMemo, SipUri, Uri, fast_sip_uri, parse_uri
+from .uri import (
+    FAST_SIP_PATTERN,
+    SIP_URI_MEMO,
+    MatchMemo,
+    SipUri,
+    Uri,
+    fast_sip_uri,
+    parse_uri,
+)
 
 __all__ = [
     "COMPACT_FORMS",
@@ -169,8 +177,11 @@ def canonical_name(key: str) -> str:
 
 def is_token(text: str) -> bool:
     """True if ``text`` is an RFC 3261 §25.1 ``token``. ASCII letters and digits (nearly every
-    parameter name and many values) are decided without the pattern."""
-    return (text.isalnum() and text.isascii()) or _TOKEN_RE.match(text) is not None
+    parameter name and many values) are decided without the pattern, and so are those that
+    also hold ``-`` and ``.`` (branches, tags, host names)."""
+    if text.isascii() and (text.isalnum() or text.replace("-", "").replace(".", "").isalnum()):
+        return True
+    return _TOKEN_RE.match(text) is not None
 
 
 def split_commas(value: str) -> list[str]:
@@ -331,6 +342,10 @@ _VIA_FAST_RE = re.compile(
     rf"(?:;branch=([{_TOKEN_CHARS}]++))?(.*)\Z",
     re.DOTALL,
 )
+# The part of a common Via before its first ';' (a client's sent-protocol and sent-by, the same
+# in every request it sends, where the branch differs): groups transport, host, port.
+_VIA_HEAD_RE = re.compile(rf"SIP/2\.0/([{_TOKEN_CHARS}]++) ({_HOSTNAME})(?::([0-9]{{1,5}}+))?\Z")
+_VIA_HEAD_MEMO = MatchMemo(_VIA_HEAD_RE)
 _VIA_RE = re.compile(
     rf"[ \t]*([{_TOKEN_CHARS}]+)[ \t]*/[ \t]*([{_TOKEN_CHARS}]+)[ \t]*/[ \t]*"
     rf"([{_TOKEN_CHARS}]+)[ \t]+({_HOST})(?:[ \t]*:[ \t]*([0-9]{{1,5}}))?[ \t]*\Z"
@@ -410,6 +425,28 @@ def parse_via(value: str) -> Via:
         SipParseError: bad sent-protocol or sent-by, empty parameters (RFC 4475 §3.1.2.1), a
             port over 65535, a non-numeric ``rport`` (RFC 3581) or a ``ttl`` not in 0..255.
     """
+    # Fastest: a known sent-protocol and sent-by (memoised), then ";branch=token" and
+    # optionally ";rport", the form nearly every client sends; the same result as the match of
+    # _VIA_FAST_RE below would give (tests/test_headers.py holds them equal).
+    semi = value.find(";")
+    entry = _VIA_HEAD_MEMO.match(value if semi < 0 else value[:semi])
+    if entry is not None and (semi < 0 or value.startswith(";branch=", semi)):
+        v_transport, v_host, v_port = entry[0]
+        assert v_transport is not None and v_host is not None
+        if semi < 0:
+            return _via(v_transport, v_host, v_port, {})
+        end = value.find(";", semi + 8)
+        v_branch = value[semi + 8 :] if end < 0 else value[semi + 8 : end]
+        if v_branch and is_token(v_branch):
+            if end < 0:
+                return _via(v_transport, v_host, v_port, {"branch": v_branch})
+            if len(value) == end + 6 and value.endswith(";rport"):
+                return _via(v_transport, v_host, v_port, {"branch": v_branch, "rport": None})
+    return _parse_via_general(value)
+
+
+def _parse_via_general(value: str) -> Via:
+    """:func:`parse_via` without its fastest path: the reference that path is tested against."""
     m = _VIA_FAST_RE.match(value)
     if m is not None:
         transport, host, port, branch, rest = m.groups()
@@ -452,6 +489,20 @@ def parse_via(value: str) -> Via:
             raise SipParseError("bad Via ttl")
     via = Via(transport.upper(), host, port_num, params, protocol)
     return via
+
+
+def _via(transport: str, host: str, port: str | None, params: dict[str, str | None]) -> Via:
+    """The :class:`Via` of :func:`parse_via`'s fastest path (SIP/2.0, a checked hostname).
+
+    Raises:
+        SipParseError: the port is above 65535.
+    """
+    port_num = None
+    if port is not None:
+        port_num = int(port)
+        if port_num > 65535:
+            raise SipParseError(f"bad Via port {port}")
+    return Via(transport.upper(), host, port_num, params)
 
 
 # ----------------------------------------------------------------------------------- NameAddr
@@ -602,6 +653,33 @@ _NAME_ADDR_FAST_RE = re.compile(
 _NAME_ADDR_MEMO = MatchMemo(_NAME_ADDR_FAST_RE, 3, 7)
 
 
+def _angle_sip_uri(value: str) -> tuple[tuple[str | None, ...], int] | None:
+    """The fastest form of a name-addr: ``<`` common SIP URI ``>``, then nothing or
+    ``;tag=token``. Returns ``(groups of the URI's match, index of ">")``, or ``None`` for any
+    other text.
+
+    The URI's match is memoised on the URI alone (:data:`sipstack.uri.SIP_URI_MEMO`), so the To
+    of a request finds the match its From (the same URI, with a tag) left, and a client's
+    next request finds both. The result is the one :data:`_NAME_ADDR_FAST_RE` gives on these
+    texts (``tests/test_properties.py`` holds them equal).
+    """
+    if not value.startswith("<"):
+        return None
+    gt = value.find(">")
+    if gt < 0:
+        return None
+    if gt + 1 < len(value):
+        if not value.startswith(";tag=", gt + 1):
+            return None
+        tag = value[gt + 6 :]
+        if not tag or not is_token(tag):
+            return None
+    entry = SIP_URI_MEMO.match(value[1:gt])
+    if entry is None:
+        return None
+    return entry[0], gt
+
+
 def parse_name_addr(value: str) -> NameAddr:
     """Parse one From/To/Contact/Route element (already split at list commas).
 
@@ -614,6 +692,20 @@ def parse_name_addr(value: str) -> NameAddr:
             (§3.1.2.15), an addr-spec holding ``,`` ``?`` or spaces in its URI (§3.1.2.13),
             missing ``>``, or a bad URI or parameter.
     """
+    fast = _angle_sip_uri(value)
+    if fast is not None:
+        uri_groups, gt = fast
+        f_scheme, f_user, f_host, f_port, f_params = uri_groups
+        assert f_scheme is not None and f_host is not None
+        f_uri = fast_sip_uri(f_scheme, f_user, f_host, f_port, f_params or "")
+        f_text = (
+            value[1:gt]
+            if (f_scheme == "sip" or f_scheme == "sips") and (f_port is None or f_port[0] != "0")
+            else None
+        )
+        return NameAddr(
+            f_uri, None, {"tag": value[gt + 6 :]} if gt + 1 < len(value) else {}, False, f_text
+        )
     entry = _NAME_ADDR_MEMO.match(value)
     if entry is None:
         return _parse_name_addr_slow(value)
@@ -656,6 +748,12 @@ def check_name_addr(value: str) -> NameAddr | None:
     Raises:
         SipParseError: as :func:`parse_name_addr`.
     """
+    fast = _angle_sip_uri(value)
+    if fast is not None:
+        f_port = fast[0][3]
+        if f_port is not None and int(f_port) > 65535:
+            return parse_name_addr(value)  # raises, with the usual message
+        return None
     entry = _NAME_ADDR_MEMO.match(value)
     if entry is None or entry[0][8]:
         return parse_name_addr(value)

@@ -105,7 +105,10 @@ class MatchMemo:
         return entry
 
 
-_SIP_MEMO = MatchMemo(_FAST_SIP_RE)
+SIP_URI_MEMO = MatchMemo(_FAST_SIP_RE)
+"""Memoised matches of the common SIP URI (:data:`FAST_SIP_PATTERN`, whole text): groups
+scheme, user, host, port, ``;params``. Shared by :func:`parse_uri` and
+:func:`sipstack.headers.parse_name_addr`."""
 
 
 def unescape(text: str) -> str:
@@ -443,7 +446,7 @@ def parse_uri(text: str) -> Uri:
 
     Source: RFC 3261 §19.1.1, §25.1; RFC 3966.
     """
-    entry = _SIP_MEMO.match(text)
+    entry = SIP_URI_MEMO.match(text)
     if entry is not None:
         scheme, user, host, port, ptext = entry[0]
         assert scheme is not None and host is not None

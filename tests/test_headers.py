@@ -504,4 +504,4 @@ def test_name_addr_memo_gives_independent_objects_and_stays_bounded() -> None:
         parse_name_addr(f"<sip:u{i}@example.com>")
         parse_uri(f"sip:u{i}@example.com")
     assert len(mod._NAME_ADDR_MEMO) <= uri_mod.MEMO_SIZE
-    assert len(uri_mod._SIP_MEMO) <= uri_mod.MEMO_SIZE
+    assert len(uri_mod.SIP_URI_MEMO) <= uri_mod.MEMO_SIZE

@@ -484,5 +484,62 @@ def test_via_round_trip(via: Via) -> None:
     assert headers_mod.parse_via(str(via)) == via
 
 
+def _result_or_error(parse: object, text: str) -> object:
+    try:
+        return parse(text)  # type: ignore[operator]
+    except SipParseError:
+        return SipParseError
+
+
+@SETTINGS
+@given(
+    st.one_of(sip_uris(with_headers=False).map(str), st.text(USER_CHARS + ":@;=.>", max_size=25)),
+    st.sampled_from(["", ";tag=", ";tag=a-1.b", ";tag=x;y", ";TAG=z", ";tag=a b", "x", ">"]),
+)
+def test_name_addr_fast_paths_agree_with_reference(uri_text: str, tail: str) -> None:
+    # "<URI>" plus nothing or a tag: parse_name_addr's fastest path (the URI memoised alone)
+    # and check_name_addr against the reference parser, twice (the second time from memos).
+    text = f"<{uri_text}>{tail}"
+    expected = _result_or_error(headers_mod._parse_name_addr_slow, text)
+    for _ in range(2):
+        got = _result_or_error(headers_mod.parse_name_addr, text)
+        assert got == expected
+        if isinstance(got, NameAddr):
+            assert got.uri_text is None or got.uri_text == str(got.uri)
+        checked = _result_or_error(headers_mod.check_name_addr, text)
+        assert checked is None or checked == expected
+
+
+@SETTINGS
+@given(vias(), st.sampled_from(["", ";rport", ";rport=5", ";x", ";branch=b"]), st.booleans())
+def test_via_fast_path_agrees_with_reference(via: Via, tail: str, bare: bool) -> None:
+    # parse_via's memoised fastest path against the general parser, on the forms it takes
+    # ("SIP/2.0/T host[:port][;branch=token[;rport]]") and near them.
+    text = f"SIP/2.0/{via.transport} {via.sent_by}"
+    if not bare:
+        text += f";branch={via.branch}{tail}"
+    expected = _result_or_error(headers_mod._parse_via_general, text)
+    assert _result_or_error(headers_mod.parse_via, text) == expected
+    assert _result_or_error(headers_mod.parse_via, text) == expected  # now from the memo
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["SIP/2.0/TCP ", "SIP/2.0/UDP", "SIP/2.0/tls ", "SIP/2.0/X "]),
+    st.text(TOKEN_CHARS + ":;=[] \t", max_size=30),
+)
+def test_via_noise_fast_path_agrees_with_reference(head: str, rest: str) -> None:
+    text = head + rest
+    expected = _result_or_error(headers_mod._parse_via_general, text)
+    assert _result_or_error(headers_mod.parse_via, text) == expected
+    assert _result_or_error(headers_mod.parse_via, text) == expected
+
+
+@SETTINGS
+@given(st.text(TOKEN_CHARS + ";=,\"@ \t\u00e9", max_size=12))
+def test_is_token_agrees_with_the_grammar(text: str) -> None:
+    assert headers_mod.is_token(text) == (headers_mod._TOKEN_RE.match(text) is not None)
+
+
 def test_ipv6_strategy_is_bracketed() -> None:
     assert ipaddress.IPv6Address("2001:db8::1")  # the strategy above relies on str() of this
