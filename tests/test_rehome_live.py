@@ -313,12 +313,14 @@ def snapshot(pool: RehomePool, where: dict[str, str]) -> dict[str, list[tuple[An
 def max_in_window(batches: list[dict[str, Any]], interval: float) -> int:
     """The most AORs de-registered within any window shorter than ``interval`` seconds, each
     window starting at a batch. Batches are placed by their ``started`` field: the time the
-    pacing is measured from, which a log line written late under load does not move (1 ms
-    allows for its rounding)."""
+    pacing is measured from, which a log line written late under load does not move. It is
+    wall-clock time read just after the monotonic reference the pacing uses: 5 ms allow for
+    its rounding to 1 ms, for the two clocks' readings being a moment apart, and for NTP
+    slewing the wall clock (up to 0.5 ms per second)."""
     starts = [(float(b["started"]), int(b["aors"])) for b in batches]
     most = 0
     for first, _ in starts:
-        most = max(most, sum(n for t, n in starts if first <= t < first + interval - 0.001))
+        most = max(most, sum(n for t, n in starts if first <= t < first + interval - 0.005))
     return most
 
 

@@ -149,10 +149,13 @@ class Rehomer:
                 self._wake.clear()
                 await self._wake.wait()
             # Keep the pace: at most one batch per interval, even across triggers.
-            if self._last_batch_mono is not None:
+            # (A loop: the event loop's timers may fire a millisecond early, uvloop's among
+            # them, as they work from a loop time cached at the start of an iteration.)
+            while self._last_batch_mono is not None:
                 wait = self._last_batch_mono + self.batch_interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
             try:
                 await self._batch()
             except Exception:
