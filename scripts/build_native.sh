@@ -15,8 +15,8 @@ say() { printf 'native: %s\n' "$*"; }
 # Keep in step with sipstack/native.py NATIVE_MODULES.
 MODULES=(
     sipstack/uri.py sipstack/headers.py sipstack/message.py sipstack/parser.py sipstack/auth.py
-    sipstack/framing.py sipstack/transport/flows.py
-    sipstack/transport/stream.py sipstack/transport/endpoint.py
+    sipstack/framing.py sipstack/transaction.py sipstack/transport/flows.py
+    sipstack/transport/stream.py sipstack/transport/datagram.py sipstack/transport/endpoint.py
     registrar/checks.py registrar/register.py registrar/location.py registrar/dispatch.py
     registrar/ratelimit.py
 )

@@ -30,3 +30,13 @@ class SipParseError(ValueError):
 
     def __repr__(self) -> str:
         return f"SipParseError({self.reason!r}, status={self.status})"
+
+
+class TransactionStateError(RuntimeError):
+    """The TU asked a transaction for something its state does not allow (e.g. a second final
+    response, or any response once the transaction is terminated or unknown).
+
+    Source: RFC 3261 §17.2 (the server transaction states). Defined here, not in
+    :mod:`sipstack.transaction`, because that module is compiled (mypyc compiles no class
+    derived from a built-in exception); it is importable from both.
+    """

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .errors import TransactionStateError
 from .message import Request, Response, make_response
 
 __all__ = [
@@ -94,11 +95,6 @@ def has_magic_cookie(branch: str | None) -> bool:
     unique part, so it is treated as no usable branch and RFC 2543 matching applies.
     """
     return branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > 7
-
-
-class TransactionStateError(RuntimeError):
-    """The TU asked a transaction for something its state does not allow (e.g. a second final
-    response, or any response once the transaction is terminated or unknown)."""
 
 
 # ------------------------------------------------------------------------------------ timers
@@ -170,12 +166,34 @@ class TimerConfig:
         t64 = 64 * self.T1
         if reliable:
             return Timers(
-                A=None, B=t64, D=0.0, E=None, F=t64, G=None, H=t64, I=0.0, J=0.0, K=0.0,
-                L=t64, M=t64, T2=self.T2,
+                A=None,
+                B=t64,
+                D=0.0,
+                E=None,
+                F=t64,
+                G=None,
+                H=t64,
+                I=0.0,
+                J=0.0,
+                K=0.0,
+                L=t64,
+                M=t64,
+                T2=self.T2,
             )
         return Timers(
-            A=self.T1, B=t64, D=self.D, E=self.T1, F=t64, G=self.T1, H=t64, I=self.T4,
-            J=t64, K=self.T4, L=t64, M=t64, T2=self.T2,
+            A=self.T1,
+            B=t64,
+            D=self.D,
+            E=self.T1,
+            F=t64,
+            G=self.T1,
+            H=t64,
+            I=self.T4,
+            J=t64,
+            K=self.T4,
+            L=t64,
+            M=t64,
+            T2=self.T2,
         )
 
 
@@ -191,7 +209,7 @@ class Event:
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class TransmitMessage(Event):
     """Send ``message`` to ``dest``. ``dest`` is the opaque object the caller supplied: the
     ``source`` of the request for server transactions, the ``dest`` of
@@ -201,8 +219,13 @@ class TransmitMessage(Event):
     dest: Any
     reliable: bool
 
+    def __init__(self, message: Request | Response, dest: Any, reliable: bool) -> None:
+        self.message = message
+        self.dest = dest
+        self.reliable = reliable
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class RequestReceived(Event):
     """A new request created server ``transaction``; the TU must answer it through
     :meth:`TransactionLayer.send_response`. Never emitted for retransmissions, ACK or CANCEL."""
@@ -210,8 +233,12 @@ class RequestReceived(Event):
     request: Request
     transaction: ServerTransaction
 
+    def __init__(self, request: Request, transaction: ServerTransaction) -> None:
+        self.request = request
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class AckReceived(Event):
     """An ACK that is not absorbed by a transaction: the ACK for a 2xx (RFC 3261 §13.3.1.4,
     §17.2.3), or any ACK matching no transaction. It goes to the TU / dialog (a proxy forwards
@@ -220,8 +247,12 @@ class AckReceived(Event):
     request: Request
     source: Any = None
 
+    def __init__(self, request: Request, source: Any = None) -> None:
+        self.request = request
+        self.source = source
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class CancelReceived(Event):
     """A new CANCEL (RFC 3261 §9.2). ``transaction`` is the CANCEL's own non-INVITE server
     transaction (the TU answers it: 200, or 481 when ``invite_transaction`` is ``None``);
@@ -231,8 +262,18 @@ class CancelReceived(Event):
     invite_transaction: ServerTransaction | None
     transaction: ServerTransaction
 
+    def __init__(
+        self,
+        cancel: Request,
+        invite_transaction: ServerTransaction | None,
+        transaction: ServerTransaction,
+    ) -> None:
+        self.cancel = cancel
+        self.invite_transaction = invite_transaction
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class ResponseReceived(Event):
     """A response for client ``transaction`` that the TU must see (RFC 3261 §17.1).
     Retransmissions of non-2xx final responses are absorbed; 2xx retransmissions (and 2xx
@@ -241,8 +282,12 @@ class ResponseReceived(Event):
     response: Response
     transaction: ClientTransaction
 
+    def __init__(self, response: Response, transaction: ClientTransaction) -> None:
+        self.response = response
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class StrayResponse(Event):
     """A response matching no client transaction (RFC 3261 §18.1.2): a proxy forwards it
     statelessly (RFC 3261 §16.7 step 3 does not apply), a UA drops it."""
@@ -250,8 +295,12 @@ class StrayResponse(Event):
     response: Response
     source: Any = None
 
+    def __init__(self, response: Response, source: Any = None) -> None:
+        self.response = response
+        self.source = source
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class TransactionTimeout(Event):
     """The transaction timed out: Timer B/F on a client transaction (the TU acts as if a 408
     arrived, §8.1.3.1), Timer H on an INVITE server transaction (no ACK came), or the
@@ -259,55 +308,29 @@ class TransactionTimeout(Event):
 
     transaction: Transaction
 
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class TransactionTransportError(Event):
     """The transport failed for this transaction (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.4);
     a client TU treats it like a 503 (§8.1.3.1). A :class:`TransactionTerminated` follows."""
 
     transaction: Transaction
 
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class TransactionTerminated(Event):
     """The transaction reached Terminated and was removed from the layer."""
 
     transaction: Transaction
 
-
-# The events made for every request get an __init__ that fills their slots through the slot
-# descriptors: the same frozen objects for about 60 % of the cost of the generated __init__
-# (which goes through object.__setattr__ for each field).
-_set_message = TransmitMessage.__dict__["message"].__set__
-_set_dest = TransmitMessage.__dict__["dest"].__set__
-_set_reliable = TransmitMessage.__dict__["reliable"].__set__
-_set_request = RequestReceived.__dict__["request"].__set__
-_set_rr_transaction = RequestReceived.__dict__["transaction"].__set__
-_set_tt_transaction = TransactionTerminated.__dict__["transaction"].__set__
-
-
-def _transmit_init(
-    self: TransmitMessage, message: Request | Response, dest: Any, reliable: bool
-) -> None:
-    _set_message(self, message)
-    _set_dest(self, dest)
-    _set_reliable(self, reliable)
-
-
-def _request_received_init(
-    self: RequestReceived, request: Request, transaction: ServerTransaction
-) -> None:
-    _set_request(self, request)
-    _set_rr_transaction(self, transaction)
-
-
-def _terminated_init(self: TransactionTerminated, transaction: Transaction) -> None:
-    _set_tt_transaction(self, transaction)
-
-
-TransmitMessage.__init__ = _transmit_init  # type: ignore[method-assign]
-RequestReceived.__init__ = _request_received_init  # type: ignore[method-assign]
-TransactionTerminated.__init__ = _terminated_init  # type: ignore[method-assign]
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
 
 # ------------------------------------------------------------------------ request building
@@ -396,8 +419,14 @@ def _key_2543(request: Request, method: str) -> tuple[Hashable, ...]:
     """RFC 3261 §17.2.3 (backwards compatibility), §9.2: Request-URI, To tag, From tag,
     Call-ID, CSeq number + method, top Via."""
     return (
-        "2543", method, request.uri.strip(), request.to.tag, request.from_.tag,
-        request.call_id, request.cseq.number, str(request.top_via),
+        "2543",
+        method,
+        request.uri.strip(),
+        request.to.tag,
+        request.from_.tag,
+        request.call_id,
+        request.cseq.number,
+        str(request.top_via),
     )
 
 
@@ -405,8 +434,12 @@ def _ack_key_2543(request: Request) -> tuple[Hashable, ...]:
     """The 2543 ACK index: as :func:`_key_2543` without the To tag, which the ACK takes from
     the response (checked separately)."""
     return (
-        "2543-ack", request.uri.strip(), request.from_.tag, request.call_id,
-        request.cseq.number, str(request.top_via),
+        "2543-ack",
+        request.uri.strip(),
+        request.from_.tag,
+        request.call_id,
+        request.cseq.number,
+        str(request.top_via),
     )
 
 
@@ -441,8 +474,19 @@ class Transaction:
     """
 
     __slots__ = (
-        "_deadlines", "_interval", "_queued", "config", "dest", "is_invite", "key",
-        "last_response", "method", "reliable", "request", "state", "timers",
+        "_deadlines",
+        "_interval",
+        "_queued",
+        "config",
+        "dest",
+        "is_invite",
+        "key",
+        "last_response",
+        "method",
+        "reliable",
+        "request",
+        "state",
+        "timers",
     )
 
     def __init__(
@@ -685,33 +729,11 @@ class ServerTransaction(Transaction):
         timers: Timers,
         now: float,
     ) -> ServerTransaction:
-        """``ServerTransaction(...)`` then :meth:`start` for a non-ACK request whose key and
-        timers the :class:`TransactionLayer` has computed already: the same state, without
-        the constructor chain (this runs for every request an FE receives)."""
-        txn = cls.__new__(cls)
-        method = request.method
-        txn.request = request
-        txn.method = method
-        txn.dest = source
-        txn.reliable = reliable
-        txn.config = config
-        txn.timers = timers
-        txn.key = key
-        txn.last_response = None
-        txn._interval = 0.0
-        txn._queued = None
-        pending = config.max_pending
-        if method == "INVITE":  # the same timers, in the same order, as start()
-            txn.is_invite = True
-            txn.state = S.PROCEEDING
-            deadlines = {"trying": now + config.trying_delay}
-            if pending is not None:
-                deadlines["pending"] = now + pending
-        else:
-            txn.is_invite = False
-            txn.state = S.TRYING
-            deadlines = {} if pending is None else {"pending": now + pending}
-        txn._deadlines = deadlines
+        """``ServerTransaction(...)`` then :meth:`start`, for a non-ACK request whose key and
+        timers the :class:`TransactionLayer` has computed already (this runs for every request
+        an FE receives; compiled, the constructor chain costs native calls only)."""
+        txn = cls(request, source, reliable, config, key=key, timers=timers)
+        txn.start(now)
         return txn
 
     @property
