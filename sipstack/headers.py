@@ -33,6 +33,7 @@ from .uri import (
     Uri,
     fast_sip_uri,
     parse_uri,
+    port_number,
 )
 
 __all__ = [
@@ -474,11 +475,7 @@ def _parse_via_general(value: str) -> Via:
                 raise SipParseError(f"bad Via host {host[:60]!r}") from None
         protocol = f"{name.upper()}/{version}"
         params = parse_params(semi + ptext) if semi else {}
-    port_num = None
-    if port is not None:
-        port_num = int(port)
-        if port_num > 65535:
-            raise SipParseError(f"bad Via port {port}")
+    port_num = port_number(port, "bad Via port")
     if "rport" in params:
         rport = params["rport"]
         if rport is not None and (not rport.isdigit() or len(rport) > 5 or int(rport) > 65535):
@@ -497,12 +494,7 @@ def _via(transport: str, host: str, port: str | None, params: dict[str, str | No
     Raises:
         SipParseError: the port is above 65535.
     """
-    port_num = None
-    if port is not None:
-        port_num = int(port)
-        if port_num > 65535:
-            raise SipParseError(f"bad Via port {port}")
-    return Via(transport.upper(), host, port_num, params)
+    return Via(transport.upper(), host, port_number(port, "bad Via port"), params)
 
 
 # ----------------------------------------------------------------------------------- NameAddr

@@ -409,6 +409,21 @@ def _parse_tel(rest: str) -> TelUri:
     return TelUri(number, _parse_params(ptext, "tel") if semi else {})
 
 
+def port_number(port: str | None, error: str = "port out of range") -> int | None:
+    """The number of a port its pattern matched (1 to 5 digits), or ``None`` for no port.
+
+    Raises:
+        SipParseError: the port is above 65535 (RFC 3261 §25.1 ``port``), with the message
+            ``error`` followed by the port.
+    """
+    if port is None:
+        return None
+    number = int(port)
+    if number > 65535:
+        raise SipParseError(f"{error} {port}")
+    return number
+
+
 def fast_sip_uri(
     scheme: str, user: str | None, host: str, port: str | None, ptext: str
 ) -> SipUri:
@@ -417,11 +432,7 @@ def fast_sip_uri(
     Raises:
         SipParseError: the port is above 65535.
     """
-    port_num = None
-    if port is not None:
-        port_num = int(port)
-        if port_num > 65535:
-            raise SipParseError(f"port out of range {port_num}")
+    port_num = port_number(port)
     params: dict[str, str | None] = {}
     if ptext:
         for item in ptext[1:].split(";"):
