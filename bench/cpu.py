@@ -24,6 +24,7 @@ Command line::
     python bench/cpu.py register [--rate 2000] [--duration 10] [--transports tcp,udp] [--json]
 
     other options: --targets ours,kamailio  --repeat N  --host 127.0.0.1  --ours-cmd '...'
+                   --kamailio-memory tlsf|fm|qm (Kamailio's allocator; tlsf)
 
 Only the standard library is used.  See ``bench/README.md``.
 """
@@ -120,8 +121,25 @@ def ours_command(mode: Mode | None = None) -> list[str]:
     return argv
 
 
-def kamailio_command(cfg: Path, shm_mb: int = 64) -> list[str]:
-    """Command line of Kamailio in the foreground with ``cfg``, everything in ``{rundir}``."""
+KAMAILIO_MEMORY_MANAGERS = ("tlsf", "fm", "qm")
+"""Kamailio's memory managers (``-x`` shared, ``-X`` private), fastest first."""
+
+
+def kamailio_command(cfg: Path, shm_mb: int = 64, memory_manager: str = "tlsf") -> list[str]:
+    """Command line of Kamailio in the foreground with ``cfg``, everything in ``{rundir}``.
+
+    ``shm_mb`` is the shared memory in MiB (``-m``); ``memory_manager`` (one of
+    :data:`KAMAILIO_MEMORY_MANAGERS`) is the allocator for shared and private memory
+    (``-x``/``-X``). The default is ``tlsf``: Debian's build (``DBG_SR_MEMORY``) otherwise
+    uses ``qm``, whose free-fragment search took half of Kamailio's CPU in a REGISTER run
+    (bench/README.md, "Kamailio's memory manager"). Raises ``ValueError`` for an unknown
+    manager.
+    """
+    if memory_manager not in KAMAILIO_MEMORY_MANAGERS:
+        raise ValueError(
+            f"unknown Kamailio memory manager {memory_manager!r}; "
+            f"use one of {', '.join(KAMAILIO_MEMORY_MANAGERS)}"
+        )
     # fmt: off
     return [
         shutil.which("kamailio") or "/usr/sbin/kamailio",
@@ -135,15 +153,20 @@ def kamailio_command(cfg: Path, shm_mb: int = 64) -> list[str]:
         "-w", "{rundir}",
         "-m", str(shm_mb),  # shared memory, MB
         "-M", "8",  # private memory per process, MB
+        "-x", memory_manager,  # shared memory allocator
+        "-X", memory_manager,  # private memory allocator
     ]
     # fmt: on
 
 
-def targets_for(mode: Mode, ours_cmd: list[str] | None = None) -> dict[str, list[str]]:
-    """The targets compared in ``mode``: ``ours`` and ``kamailio``, by name."""
+def targets_for(
+    mode: Mode, ours_cmd: list[str] | None = None, kamailio_memory: str = "tlsf"
+) -> dict[str, list[str]]:
+    """The targets compared in ``mode``: ``ours`` and ``kamailio`` (allocator
+    ``kamailio_memory``, see :func:`kamailio_command`), by name."""
     return {
         "ours": ours_cmd or ours_command(mode),
-        "kamailio": kamailio_command(mode.kamailio_cfg, mode.kamailio_shm_mb),
+        "kamailio": kamailio_command(mode.kamailio_cfg, mode.kamailio_shm_mb, kamailio_memory),
     }
 
 
@@ -815,6 +838,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per target and transport; median shown (1)"
     )
+    parser.add_argument(
+        "--kamailio-memory",
+        choices=KAMAILIO_MEMORY_MANAGERS,
+        default="tlsf",
+        help="Kamailio's allocator, -x/-X (tlsf; Debian's default is qm, see bench/README.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 
@@ -824,7 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if t not in ("tcp", "udp"):
             parser.error(f"unknown transport {t!r}")
     ours = shlex.split(args.ours_cmd) if args.ours_cmd else None
-    available = targets_for(mode, ours)
+    available = targets_for(mode, ours, args.kamailio_memory)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     for n in names:
         if n not in available:

@@ -50,7 +50,8 @@ Command line::
 
     .venv/bin/python bench/register.py [--aors 10000] [--rate 1000] [--auth-rate R]
         [--modes noauth,auth] [--transports tcp,udp] [--targets ours,kamailio]
-        [--repeat 1] [--bindings 100000] [--memory-rate 2000] [--no-memory] [--json]
+        [--repeat 1] [--bindings 100000] [--memory-rate 2000] [--no-memory]
+        [--kamailio-memory tlsf|fm|qm] [--json]
 
 Progress lines go to stderr; the tables (or ``--json``) to stdout. Exit 1 when a run failed.
 Standard library and the project's own modules only; Linux (``/proc``); sipp and kamailio.
@@ -250,9 +251,13 @@ def ours_argv(
     return argv
 
 
-def kamailio_argv(host: str, port: int, rundir: Path, *, auth: bool) -> list[str]:
+def kamailio_argv(
+    host: str, port: int, rundir: Path, *, auth: bool, memory_manager: str = "tlsf"
+) -> list[str]:
+    """Kamailio's command line (``registrar_auth.cfg`` or ``registrar.cfg``, 256 MiB of shared
+    memory, allocator ``memory_manager``: see :func:`cpu.kamailio_command`)."""
     cfg = KAMAILIO_DIR / ("registrar_auth.cfg" if auth else "registrar.cfg")
-    argv = cpu.kamailio_command(cfg, 256)
+    argv = cpu.kamailio_command(cfg, 256, memory_manager)
     return [a.format(host=host, port=port, rundir=rundir, repo=REPO) for a in argv]
 
 
@@ -265,13 +270,14 @@ def target_server(
     auth: bool,
     users_db: Path | None = None,
     admin: int | None = None,
+    kamailio_memory: str = "tlsf",
 ) -> Server:
-    """The server of ``target`` (``ours``: :func:`ours_argv`, else :func:`kamailio_argv`) on
-    ``host:port``, to run in ``rundir`` (not started)."""
+    """The server of ``target`` (``ours``: :func:`ours_argv`, else :func:`kamailio_argv` with
+    allocator ``kamailio_memory``) on ``host:port``, to run in ``rundir`` (not started)."""
     if target == "ours":
         argv = ours_argv(host, port, rundir, auth=auth, users_db=users_db, admin=admin)
     else:
-        argv = kamailio_argv(host, port, rundir, auth=auth)
+        argv = kamailio_argv(host, port, rundir, auth=auth, memory_manager=kamailio_memory)
     return Server(target, argv, rundir)
 
 
@@ -393,6 +399,7 @@ def measure_cpu(
     users_db: Path | None,
     inf: Path,
     say: Say,
+    kamailio_memory: str = "tlsf",
 ) -> dict[str, Any]:
     """One fresh server, one sipp run of ``aors`` registrations; the figures as a dict."""
     auth = mode == "auth"
@@ -412,7 +419,9 @@ def measure_cpu(
     }
     rundir = Path(tempfile.mkdtemp(prefix=f"bench-register-{target}-{mode}-{transport}-"))
     port = cpu.free_port(host)
-    server = target_server(target, host, port, rundir, auth=auth, users_db=users_db)
+    server = target_server(
+        target, host, port, rundir, auth=auth, users_db=users_db, kamailio_memory=kamailio_memory
+    )
     result["command"] = shlex.join(server.argv)
     with cpu.serving(server, result, say):
         ready = server.start(host, port, say)
@@ -483,14 +492,23 @@ def _admin_bindings(address: str) -> int | None:
 
 
 def measure_memory(
-    target: str, *, host: str, bindings: int, rate: float, workdir: Path, say: Say
+    target: str,
+    *,
+    host: str,
+    bindings: int,
+    rate: float,
+    workdir: Path,
+    say: Say,
+    kamailio_memory: str = "tlsf",
 ) -> dict[str, Any]:
     """Register ``bindings`` AORs over one TCP connection; memory before/after."""
     result: dict[str, Any] = {"target": target, "bindings_planned": bindings, "rate": rate}
     rundir = Path(tempfile.mkdtemp(prefix=f"bench-register-mem-{target}-"))
     port = cpu.free_port(host)
     admin = cpu.free_port(host) if target == "ours" else None
-    server = target_server(target, host, port, rundir, auth=False, admin=admin)
+    server = target_server(
+        target, host, port, rundir, auth=False, admin=admin, kamailio_memory=kamailio_memory
+    )
     result["command"] = shlex.join(server.argv)
     width = max(6, len(str(bindings)))
     warm = write_injection(
@@ -668,6 +686,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory figure")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU figures")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address (127.0.0.1)")
+    parser.add_argument(
+        "--kamailio-memory",
+        choices=cpu.KAMAILIO_MEMORY_MANAGERS,
+        default="tlsf",
+        help="Kamailio's allocator, -x/-X (tlsf; Debian's default is qm, see bench/README.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 
@@ -717,6 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 users_db=users_db,
                                 inf=inf,
                                 say=say_stderr(tag),
+                                kamailio_memory=args.kamailio_memory,
                             )
                             results.append({**run, "run": rep})
         if not args.no_memory:
@@ -729,6 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rate=args.memory_rate,
                         workdir=workdir,
                         say=say_stderr(f"memory/{target}"),
+                        kamailio_memory=args.kamailio_memory,
                     )
                 )
     finally:
@@ -740,6 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps(
                 {
                     "aors": args.aors,
+                    "kamailio_memory": args.kamailio_memory,
                     "background_cpus": round(background, 2),
                     "summary": summary,
                     "runs": results,
@@ -753,7 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary:
             print(
                 f"\nCPU per REGISTER: {args.aors} distinct AORs per run, one sipp connection "
-                "(tcp: -t t1, udp: -t u1); auth = 401 + 200, digest MD5"
+                "(tcp: -t t1, udp: -t u1); auth = 401 + 200, digest MD5; "
+                f"Kamailio's allocator: {args.kamailio_memory}"
             )
             print(format_cpu_table(summary))
             print(errors_block(summary, lambda r: f"{r['mode']}/{r['transport']}/{r['target']}"))
