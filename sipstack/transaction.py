@@ -979,17 +979,20 @@ class TransactionLayer:
 
     # ------------------------------------------------------------------ server side
     def answers_at_once(self, request: Request) -> bool:
-        """True when ``request``, received over a *reliable* transport, needs no server
-        transaction because the TU answers it with a final response before returning.
+        """True when the TU may answer ``request`` before a server transaction exists: over a
+        *reliable* transport with any final response, over UDP with a challenge (401/407).
 
         RFC 3261 §17.2.2: on a reliable transport Timer J is zero, so a non-INVITE server
         transaction ends the moment its final response is sent; created and ended within one
-        call it has nothing to absorb. That holds when the method is neither INVITE, ACK nor
-        CANCEL (§17.2.1, §9.2), no live server transaction matches the request (a
-        retransmission of one first received over UDP still goes to it) and the table is under
-        ``max_transactions`` (else the caller must take :meth:`receive_request`, which answers
-        the overload 503). The caller sends the TU's final response itself; for anything else
-        (no response, a provisional one) it falls back to :meth:`receive_request`.
+        call it has nothing to absorb. Over UDP a server may challenge statelessly (§8.2.7):
+        a retransmission of the request is challenged again. Either holds when the method is
+        neither INVITE, ACK nor CANCEL (§17.2.1, §9.2), no live server transaction matches
+        the request (a retransmission of one answered through a transaction still goes to it)
+        and the table is under ``max_transactions`` (else the caller must take
+        :meth:`receive_request`, which answers the overload 503). The caller sends the TU's
+        final response itself; for anything else (no response, a provisional one, a final
+        one other than a challenge over UDP) it falls back to :meth:`receive_request` and
+        sends the response through the transaction.
 
         Raises:
             SipParseError: the request lacks a header the matching needs (as

@@ -17,6 +17,7 @@ Every wait is a condition with a deadline; no assertion is about speed.
 from __future__ import annotations
 
 import shutil
+import socket
 import sqlite3
 import subprocess
 import time
@@ -537,6 +538,73 @@ def rows_on_disk(state_dir: Path, scratch: Path) -> int:
             conn.close()
     except (OSError, sqlite3.Error):
         return 0
+
+
+def test_udp_challenge_stateless_and_200_absorbs_retransmission(
+    reg_fe: Callable[..., FeProcess],
+) -> None:
+    """Over UDP the 401 is sent statelessly (RFC 3261 §8.2.7): a retransmission of the
+    unauthenticated REGISTER is challenged afresh (a new nonce) and leaves no server
+    transaction; the authenticated REGISTER's 200 goes through a transaction, which answers
+    a retransmission with the same bytes instead of running the request again (its CSeq is
+    not newer: §10.3 step 7 would reject it)."""
+    fe = reg_fe()
+    ruri = f"sip:{DOMAIN}"
+    call_id = f"{uuid.uuid4().hex}@test"
+    tag = uuid.uuid4().hex[:10]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(ANSWER)
+        host, port = sock.getsockname()
+
+        def register(cseq: int, authorization: str | None = None) -> bytes:
+            lines = [
+                f"REGISTER {ruri} SIP/2.0",
+                f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{uuid.uuid4().hex[:20]};rport",
+                "Max-Forwards: 70",
+                f"From: <sip:alice@{DOMAIN}>;tag={tag}",
+                f"To: <sip:alice@{DOMAIN}>",
+                f"Call-ID: {call_id}",
+                f"CSeq: {cseq} REGISTER",
+                f"Contact: <sip:alice@{host}:{port}>",
+                "Expires: 600",
+                *([f"Authorization: {authorization}"] if authorization else []),
+                "Content-Length: 0",
+            ]
+            return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+        def exchange(data: bytes) -> bytes:
+            sock.sendto(data, fe.addr("udp"))
+            while True:
+                answer, _ = sock.recvfrom(65536)
+                if (status_of(answer) or 0) >= 200:
+                    return answer
+
+        transactions_before = fe_status(fe)["transactions"]
+        first = register(1)
+        challenges = [exchange(first), exchange(first)]  # the same bytes: a retransmission
+        assert [status_of(c) for c in challenges] == [401, 401]
+        nonces = [
+            parse_challenge(header_values(c, "www-authenticate")[0]).nonce for c in challenges
+        ]
+        assert nonces[0] != nonces[1], "the retransmission must be challenged afresh"
+        # no transaction was made for the challenges (probes' transactions may end meanwhile)
+        assert fe_status(fe)["transactions"] <= transactions_before
+
+        credentials = answer_challenge(
+            parse_challenge(header_values(challenges[1], "www-authenticate")[0]),
+            username="alice",
+            password=USERS["alice"],
+            method="REGISTER",
+            uri=ruri,
+            cnonce=uuid.uuid4().hex[:16],
+        )
+        second = register(2, credentials.to_header())
+        ok = exchange(second)
+        assert status_of(ok) == 200, ok
+        assert fe_status(fe)["transactions"] >= 1
+        assert exchange(second) == ok, "a retransmission gets the transaction's response"
+        assert [row["contact"] for row in fe_bindings(fe, "alice")] == [f"sip:alice@{host}:{port}"]
 
 
 def test_sigkill_with_10000_bindings_restores_them(

@@ -249,21 +249,23 @@ class SipEndpoint:
         self._stamp_via(req, flow)
         reliable = flow.transport != "udp"
         transactions = self.transactions
-        if reliable and (
-            _at_once_when_idle(transactions, req.method) or transactions.answers_at_once(req)
-        ):
-            # RFC 3261 §17.2.2: Timer J is zero on a reliable transport, so the server
-            # transaction of a non-INVITE request answered at once would end in the same
-            # call; skip creating it (see TransactionLayer.answers_at_once).
+        if _at_once_when_idle(transactions, req.method) or transactions.answers_at_once(req):
+            # A non-INVITE request that no live server transaction matches: the TU answers
+            # first. RFC 3261 §17.2.2: Timer J is zero on a reliable transport, so a final
+            # response sent at once needs no transaction. Over UDP a challenge (401/407) is
+            # sent statelessly too (§8.2.7, as a stateless UAS: a retransmission is simply
+            # challenged again), so only requests that changed state hold a transaction for
+            # Timer J. See TransactionLayer.answers_at_once.
             response = self.handler.handle_request(req, flow)
             if response is not None:
                 status = response.status
-                if 200 <= status <= 699:
+                if (200 <= status <= 699 and reliable) or status == 401 or status == 407:
                     self._send_raw_response(response, flow)
                     return
-            # no answer yet, or a provisional one: a transaction carries it from here
+            # no answer yet, a provisional one, or a final one over UDP: a transaction
+            # carries it from here (and absorbs the request's retransmissions)
             loop = self._loop or self._get_loop()
-            events = transactions.receive_request(req, flow, loop.time(), reliable=True)
+            events = transactions.receive_request(req, flow, loop.time(), reliable=reliable)
             if response is not None:
                 for event in events:
                     if type(event) is RequestReceived:
