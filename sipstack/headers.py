@@ -428,7 +428,7 @@ def parse_via(value: str) -> Via:
     """
     # Fastest: a known sent-protocol and sent-by (memoised), then ";branch=token" and
     # optionally ";rport", the form nearly every client sends; the same result as the match of
-    # _VIA_FAST_RE below would give (tests/test_headers.py holds them equal).
+    # _VIA_FAST_RE below would give (tests/test_properties.py holds them equal).
     semi = value.find(";")
     entry = _VIA_HEAD_MEMO.match(value if semi < 0 else value[:semi])
     if entry is not None and (semi < 0 or value.startswith(";branch=", semi)):
@@ -742,9 +742,7 @@ def check_name_addr(value: str) -> NameAddr | None:
     """
     fast = _angle_sip_uri(value)
     if fast is not None:
-        f_port = fast[0][3]
-        if f_port is not None and int(f_port) > 65535:
-            return parse_name_addr(value)  # raises, with the usual message
+        port_number(fast[0][3])  # raises as parse_name_addr's fast_sip_uri would
         return None
     entry = _NAME_ADDR_MEMO.match(value)
     if entry is None or entry[0][8]:
